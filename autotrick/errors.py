@@ -1,0 +1,13 @@
+"""User-facing errors. The CLI turns each into one line on stderr and exit code 2."""
+
+
+class AutotrickError(Exception):
+    """A mistake in what the user gave us (a flag, a file, a value): not a bug in autotrick."""
+
+
+class ConfigError(AutotrickError):
+    """A bad value: an unknown trick or parameter, a value out of range, a malformed file."""
+
+
+class DataError(AutotrickError):
+    """A data set that cannot be found or read where the user said it would be."""
