@@ -5,6 +5,12 @@ randaugment: num_ops random ops at one shared magnitude (Cubuk et al., 2020).
 trivialaugment: one random op at a random magnitude (Müller & Hutter, 2021).
 """
 
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torchvision.transforms import v2
+
 from autotrick.params import Param, Trick, When
 
 POLICIES = ("none", "autoaugment", "randaugment", "trivialaugment")
@@ -22,3 +28,35 @@ AUGMENT = Trick(
               bounds=(0, 30), when=_RAND),
     ),
 )
+
+Transform = Callable[[Tensor], Tensor]
+
+
+def policy_transform(*, policy: str, autoaugment_policy: str = "imagenet", num_ops: int = 2,
+                     magnitude: int = 9) -> Transform | None:
+    """The policy as a transform of one uint8 image tensor (C, H, W); None for "none".
+
+    Its randomness is torch's global generator (torchvision's transforms take no other).
+    """
+    if policy == "none":
+        return None
+    if policy == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy(autoaugment_policy))
+    if policy == "randaugment":
+        return v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+    if policy == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    raise ValueError(f"unknown augment policy {policy!r}; expected one of {', '.join(POLICIES)}")
+
+
+def augment_batch(images: Tensor, transform: Transform | None) -> Tensor:
+    """Apply `transform` to every image of a uint8 (N, C, H, W) CPU batch; None returns it as is.
+
+    One image at a time: given the whole batch, a v2 transform would draw a single op for all of it.
+    Works for 1 or 3 channels, down to 8x8 (checked on every policy with torchvision 0.29).
+    """
+    if transform is None:
+        return images
+    if images.dtype != torch.uint8:  # posterize, solarize and equalize are defined on 0..255
+        raise TypeError(f"augment_batch needs uint8 images, got {images.dtype}")
+    return torch.stack([transform(image) for image in images])

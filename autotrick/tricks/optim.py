@@ -5,6 +5,11 @@ group with weight_decay 0 (they carry no overfitting capacity, decaying them onl
 L1: loss += l1 * sum(|w|) over the weights of conv and linear layers.
 """
 
+from typing import Any
+
+import torch
+from torch import nn
+
 from autotrick.params import Param, Trick, When
 
 OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop", "adagrad")
@@ -25,3 +30,61 @@ OPTIM = Trick(
               low=0.0, high=1e-4, bounds=(0.0, 1.0)),
     ),
 )
+
+
+# Layers whose parameters are scales and shifts of a normalisation (subclasses included, e.g.
+# torchvision's LayerNorm2d); the weights that L1 penalises live in the conv and linear layers.
+_NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
+                nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.RMSNorm)
+_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+                  nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+# Every optimizer but SGD takes only lr here; its weight decay comes from the parameter groups.
+_ADAPTIVE: dict[str, type[torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,  # decoupled: w -= lr * wd * w, outside the adaptive step
+    "adam": torch.optim.Adam,  # L2: g += wd * w, rescaled by the adaptive step like any gradient
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+}
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_bias_norm: bool) -> list[dict[str, Any]]:
+    """The trainable parameters, split into a decayed group and, with `no_decay_bias_norm`, an
+    undecayed one holding the biases (every parameter with ndim <= 1) and all norm-layer parameters."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not no_decay_bias_norm:
+        return [{"params": trainable, "weight_decay": weight_decay}]
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, _NORM_LAYERS) for p in m.parameters()}
+
+    def exempt(p: nn.Parameter) -> bool:
+        return p.ndim <= 1
+
+    groups = [{"params": [p for p in trainable if not exempt(p)], "weight_decay": weight_decay},
+              {"params": [p for p in trainable if exempt(p)], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]  # a model may have no bias, or nothing but biases
+
+
+def build_optimizer(model: nn.Module, *, name: str, lr: float, momentum: float = 0.9, nesterov: bool = False,
+                    weight_decay: float = 0.0, no_decay_bias_norm: bool = False,
+                    l1: float = 0.0) -> torch.optim.Optimizer:
+    """The optimizer `name` over the trainable parameters of `model`, at peak learning rate `lr`.
+
+    `l1` is accepted so that every optim value can be passed with `**`; it acts on the loss
+    (see `l1_penalty`), not on the update.
+    """
+    groups = param_groups(model, weight_decay, no_decay_bias_norm)
+    if name == "sgd":
+        # Nesterov looks ahead along the momentum; with momentum 0 there is nothing to look along
+        # (torch raises), and a search draws the two independently, so it is simply off.
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+    if name not in _ADAPTIVE:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+    return _ADAPTIVE[name](groups, lr=lr)
+
+
+def l1_penalty(model: nn.Module, l1: float) -> torch.Tensor | float:
+    """l1 * sum(|w|) over the weights of the conv and linear layers, to add to the loss."""
+    if l1 == 0:
+        return 0.0  # the common case: skip a pass over every weight, every step
+    weights = [m.weight for m in model.modules() if isinstance(m, _WEIGHT_LAYERS)]
+    return l1 * sum(w.abs().sum() for w in weights)

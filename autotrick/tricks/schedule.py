@@ -1,13 +1,23 @@
 """Learning-rate schedule, stepped every iteration so that warmup is smooth.
 
-1. linear warmup:  lr = peak * step / warmup_steps               for step < warmup_steps
-2. then, with t = steps since warmup, T = t_max epochs (default: the remaining ones):
+`lr_factor` gives the multiplier of the peak lr at optimizer step `step` (0-based):
+
+1. linear warmup:  lr = peak * (step + 1) / warmup_steps         for step < warmup_steps
+   ((step + 1), not step: the first update runs at peak / warmup_steps rather than at lr 0,
+   and the last warmup step reaches the peak)
+2. then, with t = steps since warmup, T = t_max epochs in steps (default: the remaining steps):
    constant: lr = peak
    cosine:   lr = eta_min + (peak - eta_min) * (1 + cos(pi * min(t, T) / T)) / 2
    linear:   lr = peak - (peak - eta_min) * min(t, T) / T
-   step:     lr = peak * gamma ** floor(t / step_epochs)
-   where eta_min = min_lr_ratio * peak.
+   step:     lr = peak * gamma ** floor(t / (step_epochs epochs in steps))
+   where eta_min = min_lr_ratio * peak; past T, cosine and linear stay at eta_min.
 """
+
+import functools
+import math
+from typing import Any
+
+import torch
 
 from autotrick.params import Param, Trick, When
 
@@ -31,3 +41,32 @@ SCHEDULE = Trick(
               when=When("name", ("step",))),
     ),
 )
+
+
+def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, name: str, warmup_epochs: float = 0.0,
+              t_max: int | None = None, min_lr_ratio: float = 0.0, step_epochs: int = 5,
+              gamma: float = 0.1) -> float:
+    """lr / peak lr at optimizer step `step` (0-based): the formulas of this module's docstring."""
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = step - warmup_steps
+    if name == "constant":
+        return 1.0
+    if name == "step":
+        return gamma ** (t // (step_epochs * steps_per_epoch))
+    if name not in ("cosine", "linear"):
+        raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULES)}")
+    # max(1, ...): a warmup as long as the whole run leaves no steps to decay over
+    period = max(1, t_max * steps_per_epoch if t_max is not None else epochs * steps_per_epoch - warmup_steps)
+    progress = min(t, period) / period  # 0 -> 1, then held at 1: eta_min after T
+    decay = (1 + math.cos(math.pi * progress)) / 2 if name == "cosine" else 1 - progress
+    return min_lr_ratio + (1 - min_lr_ratio) * decay
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int,
+                    **schedule_values: Any) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR over the optimizer's lrs (taken as the peak); call `.step()` after every
+    `optimizer.step()`, so that step k runs at peak * lr_factor(k)."""
+    factor = functools.partial(lr_factor, steps_per_epoch=steps_per_epoch, epochs=epochs, **schedule_values)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,5 @@
+"""`python -m autotrick` is the `autotrick` command."""
+
+from autotrick.cli import main
+
+main()

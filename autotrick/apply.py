@@ -1,0 +1,157 @@
+"""Turn a set of trick values into what a training loop needs: the one adapter between the
+registry's flat values ("optim.lr": 0.05, ...) and each trick's own keyword arguments.
+
+The built-in trainer uses it, and so does a user's own loop (see examples/own_loop.py):
+
+    setup = apply_tricks(values, model, steps_per_epoch=len(loader), epochs=10, device="cuda")
+    for x, labels in loader:
+        x = setup.augment(x)                                   # the policy, on uint8 images
+        x, targets = setup.mix(normalize(x), setup.targets(labels))
+        with setup.autocast():
+            loss = setup.loss(setup.model(x), targets)
+        setup.step(loss)                                       # backward, clip, optimizer, schedule
+    setup.prune()  ...finetune...  sparsity = setup.finish_pruning()
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from autotrick.params import Value
+from autotrick.tricks import TRICKS
+from autotrick.tricks.augment import augment_batch, policy_transform
+from autotrick.tricks.clipping import clip_gradients
+from autotrick.tricks.dropout import set_dropout
+from autotrick.tricks.early_stop import EarlyStopper
+from autotrick.tricks.init import initialize
+from autotrick.tricks.mixing import mix_batch
+from autotrick.tricks.norm import swap_norms
+from autotrick.tricks.optim import build_optimizer, l1_penalty
+from autotrick.tricks.precision import autocast, grad_scaler, resolve_precision
+from autotrick.tricks.pruning import Sparsity, make_pruning_permanent, measure_sparsity, prune_weights
+from autotrick.tricks.schedule import build_scheduler
+from autotrick.tricks.smoothing import soft_cross_entropy, soft_targets
+
+
+def of(values: Mapping[str, Value], trick: str) -> dict[str, Any]:
+    """The values of one trick as keyword arguments: {"norm.type": "group"} -> {"type": "group"}."""
+    prefix = trick + "."
+    return {key.removeprefix(prefix): value for key, value in values.items() if key.startswith(prefix)}
+
+
+def complete(values: Mapping[str, Value]) -> dict[str, Value]:
+    """Fill every parameter a caller left out with its default (the baseline)."""
+    defaults = {f"{t.name}.{p.name}": p.default for t in TRICKS for p in t.params}
+    return {**defaults, **values}
+
+
+def prepare_model(model: nn.Module, values: Mapping[str, Value]) -> nn.Module:
+    """Model-side tricks, in the order that makes sense: swap norms and set dropout first, so that
+    the initializer also covers the layers they added."""
+    values = complete(values)
+    model = swap_norms(model, **of(values, "norm"))
+    model = set_dropout(model, **of(values, "dropout"))
+    return initialize(model, **of(values, "init"))
+
+
+@dataclass
+class TrainingSetup:
+    """The tricks applied to one model: call these from any training loop."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    values: dict[str, Value]
+    num_classes: int
+    device: torch.device
+    precision: str
+    train_transform: Callable[[Tensor], Tensor] | None
+    early_stopper: EarlyStopper
+    generator: torch.Generator
+
+    def __post_init__(self) -> None:
+        self._scaler = grad_scaler(self.precision, self.device)
+        self._l1 = float(self.values["optim.l1"])  # type: ignore[arg-type]
+
+    def targets(self, labels: Tensor) -> Tensor:
+        """Soft targets with label smoothing: (1 - eps) * one_hot + eps / K."""
+        return soft_targets(labels, self.num_classes, float(self.values["smoothing.eps"]))  # type: ignore[arg-type]
+
+    def augment(self, images: Tensor) -> Tensor:
+        """The augmentation policy on a uint8 batch (each image its own random ops)."""
+        if self.train_transform is None:
+            return images
+        return augment_batch(images.cpu(), self.train_transform).to(images.device, non_blocking=True)
+
+    def mix(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        return mix_batch(x, targets, generator=self.generator, **of(self.values, "mix"))
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return autocast(self.precision, self.device)
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Soft cross-entropy plus the L1 penalty l1 * sum |w|."""
+        loss = soft_cross_entropy(logits, targets)
+        return loss + l1_penalty(self.model, self._l1) if self._l1 else loss
+
+    def step(self, loss: Tensor) -> None:
+        """Backward, unscale (fp16), clip, optimizer step, per-iteration schedule step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self._scaler.scale(loss).backward()
+        self._scaler.unscale_(self.optimizer)
+        clip_gradients(self.model, self.values["clip.max_norm"])  # type: ignore[arg-type]
+        self._scaler.step(self.optimizer)
+        self._scaler.update()
+        self.scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def prune_ratio(self) -> float:
+        return float(self.values["prune.ratio"])  # type: ignore[arg-type]
+
+    @property
+    def finetune_epochs(self) -> int:
+        return int(self.values.get("prune.finetune_epochs") or 0) if self.prune_ratio > 0 else 0  # type: ignore[arg-type]
+
+    def prune(self) -> None:
+        """Zero the smallest weights globally; the mask holds while finetuning."""
+        prune_weights(self.model, ratio=self.prune_ratio)
+
+    def finish_pruning(self) -> Sparsity:
+        """Make the pruning permanent and measure what is left."""
+        make_pruning_permanent(self.model)
+        return measure_sparsity(self.model)
+
+
+def apply_tricks(values: Mapping[str, Value], model: nn.Module, *, num_classes: int, steps_per_epoch: int,
+                 epochs: int, device: str | torch.device = "cpu", seed: int = 0,
+                 prepare: bool = True) -> TrainingSetup:
+    """Apply `values` (missing ones at their defaults) to `model` and build everything else."""
+    values = complete(values)
+    device = torch.device(device)
+    if prepare:
+        model = prepare_model(model, values)
+    model = model.to(device)
+    optimizer = build_optimizer(model, **of(values, "optim"))
+    return TrainingSetup(
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                                  **of(values, "schedule")),
+        values=values,
+        num_classes=num_classes,
+        device=device,
+        precision=resolve_precision(str(values["precision.dtype"]), device),
+        train_transform=policy_transform(**of(values, "augment")),
+        early_stopper=EarlyStopper(patience=values["early_stop.patience"]),  # type: ignore[arg-type]
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,0 +1,96 @@
+"""The `autotrick` command line: thin. It parses, calls the library, prints, and turns every user
+mistake (an AutotrickError or a click usage error) into one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import yaml
+
+from autotrick.errors import AutotrickError, ConfigError
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="autotrick",
+                        standalone_mode=False)
+    except (AutotrickError, click.UsageError, click.BadParameter, click.FileError) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        click.echo(f"autotrick: error: {' '.join(message.split())}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        click.echo("autotrick: aborted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="autotrick")
+def cli() -> None:
+    """Find which training tricks pay off for your model and data, and get back a recipe."""
+
+
+def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    """`--set norm.type=group --set optim.lr=0.1` -> {"norm.type": "group", "optim.lr": 0.1}."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {pair}: expected trick.param=value, e.g. --set norm.type=group")
+        try:
+            values[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {pair}: the value {text!r} is not a number, string or null") from None
+    return values
+
+
+def _train_options(f: Any) -> Any:
+    for option in reversed([
+        click.option("--model", default=None, help="mlp | cnn | resnet18 | a torchvision name | module:function"),
+        click.option("--data", default=None, help="digits (embedded) | cifar10 | cifar100 | mnist | "
+                     "fashion_mnist | imagefolder:DIR | module:function"),
+        click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+                     help="root holding torchvision's on-disk layout; nothing is downloaded"),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"])),
+    ]):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@_train_options
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="default 15, or the recipe's")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="default 64, or the recipe's")
+@click.option("--recipe", "recipe_ref", default=None,
+              help="a recipe: file.yaml, runs:/RUN_ID/recipe.yaml or models:/NAME@champion")
+@click.option("--set", "sets", multiple=True, metavar="TRICK.PARAM=VALUE",
+              help="set a trick parameter (repeatable; applied over the recipe)")
+def train(model: str | None, data: str | None, data_dir: str | None, seed: int, device: str,
+          epochs: int | None, batch_size: int | None, recipe_ref: str | None, sets: Sequence[str]) -> None:
+    """Train once with the given tricks (all off by default) and print each epoch."""
+    from autotrick.commands import run_train
+
+    run_train(model=model, data=data, data_dir=data_dir, seed=seed, device=device, epochs=epochs,
+              batch_size=batch_size, recipe_ref=recipe_ref, sets=parse_sets(sets))
+
+
+@cli.command()
+def tricks() -> None:
+    """List every trick with its parameters, choices and default ranges."""
+    from autotrick.commands import list_tricks
+
+    list_tricks()
+
+
+@cli.command()
+def spaces() -> None:
+    """List the built-in search spaces."""
+    from autotrick.commands import list_spaces
+
+    list_spaces()

@@ -1,0 +1,106 @@
+"""Recipes: the tricks that won, as versioned YAML that `autotrick train --recipe` and the Python
+API re-apply to a user's own model and loop.
+
+    autotrick_recipe: 1
+    tricks:   {norm: {type: group, groups: 8}, optim: {name: sgd, lr: 0.08, ...}, ...}
+    training: {model: cnn, data: digits, epochs: 15, batch_size: 64, seed: 0, precision: fp32}
+    provenance: {metric: val_accuracy, value: 0.986, baseline: 0.972, search: quick, trial: 7,
+                 mlflow_run_id: ..., versions: {...}}
+
+Loaded from a file, from runs:/<run_id>/recipe.yaml or from models:/NAME@champion (tracking.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autotrick.errors import ConfigError
+from autotrick.params import Value
+
+SCHEMA_VERSION = 1
+RECIPE_FILE = "recipe.yaml"
+_TRAINING_KEYS = ("model", "data", "epochs", "batch_size", "seed", "precision")
+
+
+@dataclass
+class Recipe:
+    tricks: dict[str, Value]                      # flat: {"norm.type": "group", ...}
+    training: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_yaml(self) -> str:
+        nested: dict[str, dict[str, Value]] = {}
+        for key, value in self.tricks.items():
+            trick, _, param = key.partition(".")
+            nested.setdefault(trick, {})[param] = value
+        document = {"autotrick_recipe": SCHEMA_VERSION, "tricks": nested, "training": self.training,
+                    "provenance": self.provenance}
+        return yaml.safe_dump(document, sort_keys=False)
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_yaml())
+        return path
+
+    def apply(self, model: Any, *, num_classes: int, steps_per_epoch: int, epochs: int | None = None,
+              device: str = "cpu", seed: int | None = None) -> Any:
+        """Apply the model-side tricks to `model` and build the optimizer, per-step schedule,
+        loss, transforms and pruning step for a training loop: see autotrick.apply.TrainingSetup."""
+        from autotrick.apply import apply_tricks
+
+        return apply_tricks(self.tricks, model, num_classes=num_classes, steps_per_epoch=steps_per_epoch,
+                            epochs=epochs or int(self.training.get("epochs", 15)), device=device,
+                            seed=self.training.get("seed", 0) if seed is None else seed)
+
+
+def parse_recipe(text: str, source: str) -> Recipe:
+    """Validate a recipe document: schema version, tricks and values, training settings."""
+    from autotrick.space import resolve_values
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {source}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict) or "autotrick_recipe" not in raw:
+        raise ConfigError(f"recipe {source}: not an autotrick recipe (no 'autotrick_recipe: {SCHEMA_VERSION}' key)")
+    if raw["autotrick_recipe"] != SCHEMA_VERSION:
+        raise ConfigError(f"recipe {source}: schema version {raw['autotrick_recipe']!r} is not supported; "
+                          f"this autotrick reads version {SCHEMA_VERSION}")
+    unknown = set(raw) - {"autotrick_recipe", "tricks", "training", "provenance"}
+    if unknown:
+        raise ConfigError(f"recipe {source}: unknown key '{sorted(unknown)[0]}'; allowed: autotrick_recipe, "
+                          "tricks, training, provenance")
+    tricks = raw.get("tricks") or {}
+    if not isinstance(tricks, Mapping) or not all(isinstance(v, Mapping) for v in tricks.values()):
+        raise ConfigError(f"recipe {source}: tricks must map each trick to its parameters")
+    flat = {f"{trick}.{param}": value for trick, params in tricks.items() for param, value in params.items()}
+    training = raw.get("training") or {}
+    if not isinstance(training, Mapping):
+        raise ConfigError(f"recipe {source}: training must be a mapping of {', '.join(_TRAINING_KEYS)}")
+    for key, value in training.items():
+        if key not in _TRAINING_KEYS:
+            raise ConfigError(f"recipe {source}: training.{key} is unknown; allowed: {', '.join(_TRAINING_KEYS)}")
+        if key in ("epochs", "batch_size") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"recipe {source}: training.{key}: {value!r} must be a positive integer")
+    return Recipe(tricks=resolve_values(flat, f"recipe {source}"), training=dict(training),
+                  provenance=dict(raw.get("provenance") or {}))
+
+
+def load_recipe(ref: str | Path, *, tracking_uri: str | None = None) -> Recipe:
+    """A recipe from a file, runs:/<run_id>/recipe.yaml or models:/NAME@alias (MLflow at
+    `tracking_uri`, default the local sqlite store)."""
+    ref = str(ref)
+    if ref.startswith(("runs:/", "models:/")):
+        from autotrick.tracking import fetch_recipe_text
+
+        return parse_recipe(fetch_recipe_text(ref, tracking_uri), ref)
+    path = Path(ref)
+    if not path.is_file():
+        raise ConfigError(f"recipe {ref}: no such file; expected a recipe .yaml, runs:/RUN_ID/{RECIPE_FILE} "
+                          "or models:/NAME@champion")
+    return parse_recipe(path.read_text(), ref)

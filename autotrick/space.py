@@ -1,0 +1,261 @@
+"""Search spaces: a YAML file says which tricks are searched over which ranges, which are fixed,
+and the training budget. Everything is validated here, before Ray, Optuna or MLflow start.
+
+    description: one line for `autotrick spaces`
+    model: cnn                 # defaults for --model / --data
+    data: digits
+    budget: {trials: 20, max_epochs: 15, grace_epochs: 3, metric: val_accuracy}
+    train: {batch_size: 64}
+    tricks:
+      norm: {type: [keep, batch, group], groups: [4, 8]}   # a list: choices
+      optim: {name: sgd, lr: {low: 0.01, high: 0.3, log: true}}   # a scalar: fixed; a mapping: range
+      smoothing: search        # every parameter of the trick over its default range
+
+A parameter not named stays at its default (the baseline), so a trick not listed is off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autotrick.errors import ConfigError
+from autotrick.params import (
+    Choice,
+    Domain,
+    Fixed,
+    FixedTrial,
+    Param,
+    Range,
+    SuggestingTrial,
+    Value,
+    suggest_values,
+)
+from autotrick.tricks import BY_NAME, TRICKS, all_params
+
+METRICS = {"val_accuracy": "max", "val_loss": "min"}
+SEARCH_ALL = "search"
+_TOP_KEYS = ("description", "model", "data", "budget", "train", "tricks")
+
+
+@dataclass(frozen=True)
+class Budget:
+    trials: int = 20
+    max_epochs: int = 15
+    grace_epochs: int = 3  # ASHA: no trial is stopped before this many epochs
+    metric: str = "val_accuracy"
+
+    @property
+    def mode(self) -> str:
+        return METRICS[self.metric]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    source: str
+    description: str = ""
+    model: str = "cnn"
+    data: str = "digits"
+    budget: Budget = field(default_factory=Budget)
+    batch_size: int = 64
+    domains: Mapping[str, Domain] = field(default_factory=dict)
+
+    def suggest(self, trial: SuggestingTrial) -> dict[str, Value]:
+        """Draw one trial's trick values define-by-run."""
+        return suggest_values(TRICKS, self.domains, trial)
+
+    def baseline_domains(self, baseline: Mapping[str, Value]) -> dict[str, Domain]:
+        """The domains that make the search's first trial the baseline: a baseline value inside a
+        searched domain is still suggested (so Optuna learns from it), one outside it is fixed."""
+        return {key: domain if _contains(domain, baseline[key]) else Fixed(baseline[key])
+                for key, domain in self.domains.items()}
+
+    def with_budget(self, **changes: Any) -> SearchSpace:
+        return replace(self, budget=replace(self.budget, **{k: v for k, v in changes.items() if v is not None}))
+
+
+def baseline_values() -> dict[str, Value]:
+    """Every trick off or at the model's own setting, drawn through the same walk as a trial."""
+    return suggest_values(TRICKS, {}, _NoTrial())
+
+
+class _NoTrial:
+    """Every domain is Fixed in the baseline walk, so no suggest_* is ever called."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the baseline walk must not call {name}")
+
+
+def resolve_values(given: Mapping[str, Any], where: str) -> dict[str, Value]:
+    """Validate user-given values ({"norm.type": "group", ...}) and walk them define-by-run, as a
+    recipe is re-applied: unknown keys and bad values fail here; a conditional parameter whose
+    parent is not chosen is dropped; a parameter not given sits at its default."""
+    params = all_params()
+    checked: dict[str, Value] = {}
+    for key, value in given.items():
+        if key not in params:
+            trick = key.split(".")[0]
+            allowed = (", ".join(f"{trick}.{p.name}" for p in BY_NAME[trick].params) if trick in BY_NAME
+                       else "a trick.param of " + ", ".join(BY_NAME))
+            raise ConfigError(f"{where}: unknown trick parameter '{key}'; expected {allowed}")
+        checked[key] = params[key].check(value, f"{where}: {key}")
+    values = {key: checked.get(key, p.default) for key, p in params.items()}
+    domains = {key: p.default_domain() for key, p in params.items()}
+    return suggest_values(TRICKS, domains, FixedTrial(values))
+
+
+def _contains(domain: Domain, value: Value) -> bool:
+    if isinstance(domain, Fixed):
+        return domain.value == value
+    if isinstance(domain, Choice):
+        return value in domain.options
+    return isinstance(value, int | float) and not isinstance(value, bool) and domain.low <= value <= domain.high
+
+
+# --------------------------------------------------------------------------- loading
+
+def builtin_spaces() -> dict[str, Path]:
+    """The spaces shipped in search_spaces/, beside the package (autotrick installs editable)."""
+    folder = Path(__file__).resolve().parent.parent / "search_spaces"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_space_path(name_or_path: str) -> Path:
+    builtins = builtin_spaces()
+    if name_or_path in builtins:
+        return builtins[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"search space {name_or_path}: no such file")
+        return path
+    raise ConfigError(f"unknown search space '{name_or_path}'; expected one of "
+                      f"{', '.join(builtins)} or a path to a .yaml file")
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    path = resolve_space_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_space(raw, name=path.stem, source=str(path))
+
+
+def parse_space(raw: Any, *, name: str, source: str) -> SearchSpace:
+    def fail(key: str, rule: str) -> ConfigError:
+        return ConfigError(f"{source}: {key}: {rule}")
+
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise fail("top level", "must be a mapping of " + ", ".join(_TOP_KEYS))
+    _no_unknown_keys(raw, _TOP_KEYS, "top level", fail)
+    for key in ("description", "model", "data"):
+        if key in raw and not isinstance(raw[key], str):
+            raise fail(key, "must be a string")
+    return SearchSpace(
+        name=name, source=source, description=raw.get("description", ""),
+        model=raw.get("model", "cnn"), data=raw.get("data", "digits"),
+        budget=_parse_budget(raw.get("budget") or {}, fail),
+        batch_size=_parse_train(raw.get("train") or {}, fail),
+        domains=_parse_tricks(raw.get("tricks") or {}, fail),
+    )
+
+
+def _no_unknown_keys(raw: Mapping[str, Any], allowed: tuple[str, ...], where: str, fail: Any) -> None:
+    if not isinstance(raw, Mapping):
+        raise fail(where, "must be a mapping of " + ", ".join(allowed))
+    for key in raw:
+        if key not in allowed:
+            raise fail(f"{where}.{key}" if where != "top level" else str(key),
+                       f"unknown key; allowed: {', '.join(allowed)}")
+
+
+def _positive_int(value: Any, key: str, fail: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise fail(key, f"{value!r} must be a positive integer")
+    return value
+
+
+def _parse_budget(raw: Mapping[str, Any], fail: Any) -> Budget:
+    _no_unknown_keys(raw, ("trials", "max_epochs", "grace_epochs", "metric"), "budget", fail)
+    values = {k: _positive_int(v, f"budget.{k}", fail) for k, v in raw.items() if k != "metric"}
+    if "metric" in raw and raw["metric"] not in METRICS:
+        raise fail("budget.metric", f"{raw['metric']!r} is not allowed; expected one of {', '.join(METRICS)}")
+    budget = Budget(**values, **({"metric": raw["metric"]} if "metric" in raw else {}))
+    if budget.grace_epochs > budget.max_epochs:
+        raise fail("budget.grace_epochs", f"{budget.grace_epochs} must be <= max_epochs ({budget.max_epochs})")
+    return budget
+
+
+def _parse_train(raw: Mapping[str, Any], fail: Any) -> int:
+    _no_unknown_keys(raw, ("batch_size",), "train", fail)
+    return _positive_int(raw.get("batch_size", 64), "train.batch_size", fail)
+
+
+def _parse_tricks(raw: Mapping[str, Any], fail: Any) -> dict[str, Domain]:
+    _no_unknown_keys(raw, tuple(BY_NAME), "tricks", fail)
+    domains: dict[str, Domain] = {}
+    for trick_name, spec in raw.items():
+        trick = BY_NAME[trick_name]
+        if spec == SEARCH_ALL:
+            domains.update({f"{trick.name}.{p.name}": p.default_domain() for p in trick.params})
+            continue
+        if not isinstance(spec, Mapping):
+            raise fail(f"tricks.{trick_name}", f"must be '{SEARCH_ALL}' or a mapping of its parameters: "
+                       + ", ".join(p.name for p in trick.params))
+        _no_unknown_keys(spec, tuple(p.name for p in trick.params), f"tricks.{trick_name}", fail)
+        for param_name, param_spec in spec.items():
+            key = f"{trick_name}.{param_name}"
+            domains[key] = parse_domain(trick.param(param_name), param_spec, f"tricks.{key}", fail)  # type: ignore[arg-type]
+    return domains
+
+
+def parse_domain(param: Param, spec: Any, key: str, fail: Any) -> Domain:
+    """A scalar fixes the parameter, a list gives its choices, a mapping {low, high, log, step} its range."""
+    def check(value: Any) -> Value:
+        try:
+            return param.check(value, key)
+        except ConfigError as exc:
+            raise fail(key, str(exc).removeprefix(f"{key}: ")) from None
+
+    if isinstance(spec, list):
+        if not spec:
+            raise fail(key, f"empty choice list; give at least one of {param.describe_allowed()}")
+        return Choice(tuple(check(v) for v in spec))
+    if not isinstance(spec, Mapping):
+        return Fixed(check(spec))
+    if param.kind not in ("float", "int"):
+        raise fail(key, f"a range needs a numeric parameter; {param.name} takes {param.describe_allowed()}")
+    _no_unknown_keys(spec, ("low", "high", "log", "step"), key, fail)
+    if "low" not in spec or "high" not in spec:
+        raise fail(key, "a range needs both low and high")
+    low, high = check(spec["low"]), check(spec["high"])
+    assert isinstance(low, int | float) and isinstance(high, int | float)
+    if low > high:
+        raise fail(key, f"low ({low:g}) > high ({high:g}); a range needs low <= high")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise fail(f"{key}.log", f"{log!r} must be true or false")
+    if log and low <= 0:
+        raise fail(key, f"a log range needs low > 0 (got {low:g})")
+    step = spec.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int | float) or step <= 0):
+        raise fail(f"{key}.step", f"{step!r} must be a positive number")
+    if step is not None and log:
+        raise fail(key, "a range cannot have both a step and log: true")
+    return Range(float(low), float(high), log=log, integer=param.kind == "int", step=step)
+
+
+def describe_space(space: SearchSpace) -> str:
+    """One line: what the space searches."""
+    searched = sorted({key.split(".")[0] for key, d in space.domains.items() if not isinstance(d, Fixed)})
+    return (f"{space.description or '(no description)'} [{space.model} on {space.data}, "
+            f"{space.budget.trials} trials x {space.budget.max_epochs} epochs; searches {', '.join(searched)}]")
