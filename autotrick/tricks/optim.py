@@ -57,7 +57,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_bias_norm: bool
     norm_ids = {id(p) for m in model.modules() if isinstance(m, _NORM_LAYERS) for p in m.parameters()}
 
     def exempt(p: nn.Parameter) -> bool:
-        return p.ndim <= 1
+        return p.ndim <= 1 or id(p) in norm_ids
 
     groups = [{"params": [p for p in trainable if not exempt(p)], "weight_decay": weight_decay},
               {"params": [p for p in trainable if exempt(p)], "weight_decay": 0.0}]
