@@ -13,10 +13,11 @@ CLIP = Trick(
 )
 
 
-def clip_gradients(model: nn.Module, max_norm: float | None) -> float | None:
+def clip_gradients(model: nn.Module, max_norm: float | None) -> torch.Tensor | None:
     """Scale the gradients so their global L2 norm is at most `max_norm`; return the norm before
-    clipping (None, and nothing done, when `max_norm` is None). With an fp16 GradScaler, call
+    clipping as a tensor (no host sync on a GPU: call float() only when you need it), or None,
+    and nothing done, when `max_norm` is None. With an fp16 GradScaler, call
     `scaler.unscale_(optimizer)` first, or the cap applies to the scaled gradients."""
     if max_norm is None:
         return None
-    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
