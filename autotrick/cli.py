@@ -94,3 +94,32 @@ def spaces() -> None:
     from autotrick.commands import list_spaces
 
     list_spaces()
+
+
+@cli.command()
+@click.option("--space", default="quick", show_default=True, help="a built-in space name or a .yaml path")
+@click.option("--model", default=None, help="default: the space's model")
+@click.option("--data", default=None, help="default: the space's data set")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--trials", default=None, type=click.IntRange(min=1), help="default: the space's budget")
+@click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="default: the space's budget")
+@click.option("--time-budget", default=None, type=click.FloatRange(min=1), help="stop after SECONDS")
+@click.option("--cpus-per-trial", default=1.0, show_default=True, type=click.FloatRange(min=0.01))
+@click.option("--gpus-per-trial", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="fractional: 0.25 runs 4 trials on one GPU")
+@click.option("--concurrency", default=None, type=click.IntRange(min=1),
+              help="trials at a time (default: as many as the resources hold)")
+@click.option("--address", default=None, help="an existing Ray cluster (default: start a local Ray)")
+@click.option("--name", default=None, help="the search's name (default: the space's name)")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="continue the interrupted search --name")
+@click.option("--output", "-o", default=None, help="where to write the best recipe (default NAME.recipe.yaml)")
+@click.option("--tracking-uri", default=None, help="an MLflow tracking URI (default: sqlite:///mlflow.db)")
+@click.option("--register", default=None, metavar="NAME", help="register the best model in MLflow as NAME")
+@click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
+@click.option("--verbose", "-v", is_flag=True, help="show Ray's own tables and logs")
+def search(**options: Any) -> None:
+    """Search which tricks pay off: Ray Tune runs the trials, Optuna samples them, ASHA stops poor ones."""
+    from autotrick.commands import SearchRequest, run_search_command
+
+    sys.exit(run_search_command(SearchRequest(**options)))

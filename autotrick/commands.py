@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
 
+from autotrick.errors import ConfigError
 from autotrick.params import Param
+from autotrick.records import TrialRecord
 from autotrick.trainer import EpochReport, TrainConfig, run_trial
 
 
@@ -90,3 +94,225 @@ def _short(values: Mapping[str, Any]) -> str:
 
 def _fmt(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+# --------------------------------------------------------------------------- search
+
+STATE_ROOT = Path(".autotrick")
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """`autotrick search`'s options, as given (None: the space's own value)."""
+
+    space: str = "quick"
+    model: str | None = None
+    data: str | None = None
+    data_dir: str | None = None
+    trials: int | None = None
+    max_epochs: int | None = None
+    time_budget: float | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    concurrency: int | None = None
+    address: str | None = None
+    name: str | None = None
+    seed: int = 0
+    resume: bool = False
+    output: str | None = None
+    verbose: bool = False
+    tracking_uri: str | None = None
+    register: str | None = None
+    num_cpus: int | None = None  # a local Ray's CPUs (tests and benchmarks pin 2)
+
+
+def prepare_search(request: SearchRequest) -> tuple[Any, Path]:
+    """Validate every input of a search, before Ray or MLflow start and before anything is written."""
+    from autotrick.search import SearchOptions
+    from autotrick.space import load_space
+
+    space = load_space(request.space)
+    max_epochs = request.max_epochs or space.budget.max_epochs
+    space = space.with_budget(trials=request.trials, max_epochs=max_epochs,
+                              grace_epochs=min(space.budget.grace_epochs, max_epochs))
+    model, data = request.model or space.model, request.data or space.data
+    check_model_and_data(model, data, request.data_dir)
+    name = request.name or space.name
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"--name {name!r}: use letters, digits, '-' and '_' only")
+    state_dir = STATE_ROOT / name
+    exists = (state_dir / "optuna.journal").exists()
+    if request.resume and not exists:
+        raise ConfigError(f"--resume: no search named '{name}' in {state_dir}; start it without --resume")
+    if exists and not request.resume:
+        raise ConfigError(f"a search named '{name}' exists in {state_dir}: add --resume to continue it, "
+                          "or pick another --name")
+    if request.cpus_per_trial <= 0 or request.gpus_per_trial < 0:
+        raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    output = Path(request.output or f"{name}.recipe.yaml")
+    if not output.parent.is_dir():
+        raise ConfigError(f"--output {output}: the folder {output.parent} does not exist")
+    train = TrainConfig(model=model, data=data, data_dir=request.data_dir, epochs=max_epochs,
+                        batch_size=space.batch_size, seed=request.seed,
+                        device="cuda" if request.gpus_per_trial > 0 else "cpu")
+    options = SearchOptions(name=name, space=space, train=train, state_dir=state_dir,
+                            cpus_per_trial=request.cpus_per_trial, gpus_per_trial=request.gpus_per_trial,
+                            concurrency=request.concurrency, address=request.address,
+                            num_cpus=request.num_cpus, time_budget_s=request.time_budget,
+                            resume=request.resume, verbose=request.verbose,
+                            save_models=request.register is not None)
+    return options, output
+
+
+def check_model_and_data(model: str, data: str, data_dir: str | None) -> None:
+    """Fail early, in the driver, on a model or data set that cannot be built or found."""
+    from autotrick.data import load_data
+    from autotrick.models import build_model
+
+    images = load_data(data, data_dir)
+    build_model(model, num_classes=images.num_classes, in_channels=images.in_channels,
+                image_size=images.image_size)
+
+
+def run_search_command(request: SearchRequest) -> int:
+    """Validate, search, print one line per trial and a summary, write the recipe; the exit code."""
+    from autotrick.records import SearchInfo
+    from autotrick.search import run_search
+    from autotrick.tracking import SearchTracker
+
+    options, output = prepare_search(request)
+    budget = options.space.budget
+    info = SearchInfo(name=options.name, space=options.space.source, model=options.train.model,
+                      data=options.train.data, metric=budget.metric, mode=budget.mode, trials=budget.trials,
+                      max_epochs=budget.max_epochs, batch_size=options.space.batch_size, seed=options.train.seed,
+                      device=options.train.device, versions=versions())
+    tracker = SearchTracker(info, tracking_uri=request.tracking_uri, resume=request.resume)
+    progress = _ProgressPrinter(budget.trials, budget.metric, budget.mode)
+    click.echo(f"search '{options.name}': {options.space.name} space, {options.train.model} on "
+               f"{options.train.data}, {budget.trials} trials x up to {budget.max_epochs} epochs, "
+               f"{budget.metric} ({budget.mode})" + ("; resuming" if request.resume else ""))
+
+    def on_record(record: TrialRecord) -> None:
+        progress(record)
+        tracker.trial_finished(record)
+
+    result = run_search(options, on_record)
+    return _conclude(result, options, output, tracker, request, progress)
+
+
+def _conclude(result: Any, options: Any, output: Path, tracker: Any, request: SearchRequest,
+              progress: _ProgressPrinter) -> int:
+    from autotrick.recipe import Recipe
+
+    budget = options.space.budget
+    best, baseline = result.best, result.baseline
+    recipe = None
+    if best is not None and not result.interrupted:
+        recipe = Recipe(tricks=dict(best.values), training={
+            "model": options.train.model, "data": options.train.data, "epochs": budget.max_epochs,
+            "batch_size": options.space.batch_size, "seed": options.train.seed,
+            "precision": best.values.get("precision.dtype", "fp32")},
+            provenance={"metric": budget.metric, "value": best.metric,
+                        "baseline": baseline.metric if baseline else None, "search": options.name,
+                        "space": options.space.name, "trial": best.number, "versions": versions()})
+    registered = _best_model(options, best) if request.register and recipe else None
+    tracker.search_finished(records=result.records, best=best, baseline=baseline,
+                            recipe_yaml=recipe.to_yaml() if recipe else None, study=result.study,
+                            interrupted=result.interrupted, registered_model=registered,
+                            register_name=request.register)
+    tracker.close()
+    if recipe is not None:
+        recipe.provenance["mlflow_run_id"] = tracker.parent_run_id
+        recipe.write(output)
+    result.timings["logging_s"] = tracker.logging_seconds
+    click.echo(_summary(result, best, baseline, budget, output if recipe else None, tracker))
+    if result.interrupted:
+        click.echo(f"interrupted after {len(result.records)} of {result.requested} trials: resume with "
+                   f"`autotrick search --name {options.name} --resume`", err=True)
+        return 130
+    return 0 if best is not None else 1
+
+
+def _summary(result: Any, best: TrialRecord | None, baseline: TrialRecord | None, budget: Any,
+             output: Path | None, tracker: Any) -> str:
+    failed = sum(1 for r in result.records if not r.successful and r.outcome != "stopped_early")
+    stopped = sum(1 for r in result.records if r.outcome == "stopped_early")
+    lines = [f"{len(result.records)} trials ({stopped} stopped early by ASHA, {failed} failed) in "
+             f"{result.timings.get('total_s', 0):.1f}s"]
+    if best is None:
+        lines.append("no trial succeeded: no recipe written")
+        return "\n".join(lines)
+    gain = ""
+    if baseline is not None and baseline.metric is not None:
+        gain = f" vs baseline {baseline.metric:.4f} ({best.metric - baseline.metric:+.4f})"
+    lines.append(f"best {budget.metric} {best.metric:.4f} (trial {best.number}){gain}")
+    lines.append(f"best tricks: {_short(_changed(best.values)) or 'none: the baseline won'}")
+    if output is not None:
+        lines.append(f"recipe written to {output}; re-run it with `autotrick train --recipe {output}`")
+    if tracker.parent_run_id:
+        lines.append(f"MLflow run {tracker.parent_run_id} (see it with `autotrick ui`)")
+    return "\n".join(lines)
+
+
+def _best_model(options: Any, best: TrialRecord | None) -> Any:
+    """The best trial's trained weights, saved by its worker, in a model built the same way."""
+    import torch
+
+    from autotrick.apply import prepare_model
+    from autotrick.data import load_data
+    from autotrick.models import build_model
+    from autotrick.search import saved_model_path
+
+    if best is None:
+        return None
+    path = saved_model_path(options.state_dir, best.number)
+    if not path.exists():
+        return None
+    images = load_data(options.train.data, options.train.data_dir)
+    model = prepare_model(build_model(options.train.model, num_classes=images.num_classes,
+                                      in_channels=images.in_channels, image_size=images.image_size),
+                          best.values)
+    model.load_state_dict(torch.load(path, map_location="cpu"))
+    return model.eval()
+
+
+class _ProgressPrinter:
+    """One line per finished trial: its number, metric, epochs, outcome, best so far, its tricks."""
+
+    def __init__(self, trials: int, metric: str, mode: str) -> None:
+        self.trials, self.metric, self.mode = trials, metric, mode
+        self.done = 0
+        self.best: float | None = None
+
+    def __call__(self, record: TrialRecord) -> None:
+        from autotrick.records import better
+
+        self.done += 1
+        if record.successful and better(record.metric, self.best, self.mode):  # type: ignore[arg-type]
+            self.best = record.metric
+        metric = f"{record.metric:.4f}" if record.metric is not None else "  -   "
+        best = f"{self.best:.4f}" if self.best is not None else "  -   "
+        tricks = "baseline (no tricks)" if record.baseline else _short(_changed(record.values))
+        why = f" ({record.reason})" if record.reason and not record.successful else ""
+        click.echo(f"trial {self.done:>3}/{self.trials}  #{record.number:<3} {self.metric} {metric}  "
+                   f"{record.epochs:>3} ep  {record.outcome:<13} best {best}  {tricks}{why}")
+
+
+def _changed(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values that differ from their defaults (the baseline)."""
+    from autotrick.tricks import defaults
+
+    baseline = defaults()
+    return {k: v for k, v in values.items() if baseline.get(k) != v}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("autotrick", "torch", "ray", "optuna", "mlflow"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found

@@ -72,7 +72,7 @@ class SearchSpace:
     def baseline_domains(self, baseline: Mapping[str, Value]) -> dict[str, Domain]:
         """The domains that make the search's first trial the baseline: a baseline value inside a
         searched domain is still suggested (so Optuna learns from it), one outside it is fixed."""
-        return {key: domain if _contains(domain, baseline[key]) else Fixed(baseline[key])
+        return {key: Fixed(baseline[key]) if key in baseline and not _contains(domain, baseline[key]) else domain
                 for key, domain in self.domains.items()}
 
     def with_budget(self, **changes: Any) -> SearchSpace:
