@@ -140,7 +140,7 @@ def prepare_search(request: SearchRequest) -> tuple[Any, Path]:
     name = request.name or space.name
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"--name {name!r}: use letters, digits, '-' and '_' only")
-    state_dir = STATE_ROOT / name
+    state_dir = (STATE_ROOT / name).resolve()  # absolute: Ray workers run in other folders
     exists = (state_dir / "optuna.journal").exists()
     if request.resume and not exists:
         raise ConfigError(f"--resume: no search named '{name}' in {state_dir}; start it without --resume")
@@ -152,7 +152,8 @@ def prepare_search(request: SearchRequest) -> tuple[Any, Path]:
     output = Path(request.output or f"{name}.recipe.yaml")
     if not output.parent.is_dir():
         raise ConfigError(f"--output {output}: the folder {output.parent} does not exist")
-    train = TrainConfig(model=model, data=data, data_dir=request.data_dir, epochs=max_epochs,
+    data_dir = str(Path(request.data_dir).resolve()) if request.data_dir else None
+    train = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=max_epochs,
                         batch_size=space.batch_size, seed=request.seed,
                         device="cuda" if request.gpus_per_trial > 0 else "cpu")
     options = SearchOptions(name=name, space=space, train=train, state_dir=state_dir,

@@ -1,0 +1,52 @@
+"""Shared fixtures. One real Ray for the whole test session: a `ray start --head` on loopback
+with 2 CPUs, which in-process searches join and CLI subprocesses reach with --address."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ray_cli() -> str:
+    return shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    import ray
+
+    port = free_port()
+    subprocess.run([_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                    "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
+                   check=True, capture_output=True, timeout=180)
+    address = f"127.0.0.1:{port}"
+    ray.init(address=address, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": "autotrick.search.warm_worker"})
+    try:
+        yield address
+    finally:
+        ray.shutdown()
+        subprocess.run([_ray_cli(), "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory: searches write .autotrick/, mlflow.db and recipes here."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
