@@ -23,9 +23,10 @@ def list_tricks() -> None:
     for trick in TRICKS:
         click.echo(f"{trick.name}: {trick.summary}")
         for p in trick.params:
+            key, default = f"{trick.name}.{p.name}", "null" if p.default is None else str(p.default)
             when = f"  (when {p.when})" if p.when else ""
-            click.echo(f"  {trick.name}.{p.name:<20} default {p.default!s:<10} search {_range(p)}{when}")
-            click.echo(f"  {'':<{len(trick.name) + 21}}{p.help}")
+            click.echo(f"  {key:<26} default {default:<9} search {_range(p)}{when}")
+            click.echo(f"  {'':<26} {p.help}")
 
 
 def _range(param: Param) -> str:
@@ -239,7 +240,8 @@ def _summary(result: Any, best: TrialRecord | None, baseline: TrialRecord | None
     failed = sum(1 for r in result.records if not r.successful and r.outcome != "stopped_early")
     stopped = sum(1 for r in result.records if r.outcome == "stopped_early")
     lines = [f"{len(result.records)} trials ({stopped} stopped early by ASHA, {failed} failed) in "
-             f"{result.timings.get('total_s', 0):.1f}s"]
+             f"{result.timings.get('total_s', 0):.1f}s",
+             "time: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in result.timings.items())]
     if best is None:
         lines.append("no trial succeeded: no recipe written")
         return "\n".join(lines)
