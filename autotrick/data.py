@@ -9,13 +9,14 @@ Specs for `load_data`:
   cifar10, cifar100       torchvision's on-disk layout under data_dir (never downloaded)
   mnist, fashion_mnist    idem
   imagefolder:DIR         DIR/train/<class>/*.png|jpg and DIR/val/<class>/*, resized square
-  module:function         the user's own function returning (train, val) datasets;
-  path/file.py:function   also called with data_dir= when its signature takes it
+  module:function         the user's own function returning (train, val) datasets; called
+  path/file.py:function   with data_dir= (absolute, or None) when its signature takes it
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from autotrick.entrypoints import FORMS, accepted_kwargs, check_callable_with, is_callable_spec, load_callable
+from autotrick.entrypoints import (
+    FORMS,
+    absolute_spec,
+    accepted_kwargs,
+    check_callable_with,
+    is_callable_spec,
+    load_callable,
+)
 from autotrick.errors import ConfigError, DataError
 
 DIGITS_TRAIN = 1437  # of 1797: the reference benchmark's split, kept identical
@@ -90,22 +98,36 @@ EXPECTED = f"expected one of {', '.join(DATASETS)}, imagefolder:DIR, {FORMS}"
 
 def load_data(spec: str, data_dir: str | Path | None = None, *, image_size: int | None = None) -> ImageData:
     """Load the data set `spec` names (see the module docstring), resized to image_size x
-    image_size when given. Built-in and image-folder sets are cached per process, so that
-    search workers load them once, not once per trial."""
+    image_size when given (image folders default to 32)."""
     if image_size is not None and image_size < 1:
         raise ConfigError(f"image size {image_size} must be a positive number of pixels")
     root = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None
+    return _load(absolute_data_spec(spec), root, image_size)
+
+
+def absolute_data_spec(spec: str) -> str:
+    """`spec` with its folder or file made absolute, so that it names the same data from any
+    working directory (Ray runs trials in their own folders) and caches under one key."""
+    if spec.startswith("imagefolder:") and spec != "imagefolder:":
+        return f"imagefolder:{Path(spec.removeprefix('imagefolder:')).expanduser().resolve()}"
+    return absolute_spec(spec)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(spec: str, root: str | None, image_size: int | None) -> ImageData:
+    # Cached per process: search workers call load_data for every trial, and the data should be
+    # read and decoded once per worker, not once per trial. Failures are not cached.
     if spec == "digits":
         return _resized(_digits(), image_size)
     if spec in _ON_DISK:
-        return _on_disk(spec, root, image_size)
+        return _resized(_on_disk(spec, root), image_size)
     if spec.startswith("imagefolder:"):
         folder = spec.removeprefix("imagefolder:")
         if not folder:
             raise ConfigError(f"data set '{spec}': name the folder, as imagefolder:DIR")
-        return _image_folder(str(Path(folder).expanduser().resolve()), image_size or IMAGEFOLDER_SIZE)
+        return _image_folder(folder, image_size or IMAGEFOLDER_SIZE)
     if is_callable_spec(spec):
-        return _resized(_from_function(spec, data_dir), image_size)
+        return _resized(_from_function(spec, root), image_size)
     raise ConfigError(f"unknown data set '{spec}'; {EXPECTED}")
 
 
@@ -114,20 +136,24 @@ def load_data(spec: str, data_dir: str | Path | None = None, *, image_size: int 
 
 def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 images (N, C, H, W) or (C, H, W) -> float32 (x/255 - mean) / std, per channel."""
-    shape = (-1, 1, 1)
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(shape)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(shape)
-    # One fused scale and shift instead of three passes over the batch.
-    return torch.addcmul(-m / s, x.float(), 1.0 / (255.0 * s))
+    shift, scale = _affine(tuple(mean), tuple(std), x.device)
+    return torch.addcmul(shift, x.float(), scale)  # one fused pass: shift + x * scale
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    # Made once per device: building them every batch would copy host to GPU (and sync) each time.
+    m = torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64).view(-1, 1, 1)
+    return (-m / s).float().to(device), (1.0 / (255.0 * s)).float().to(device)
 
 
 def basic_augment(x: Tensor, *, crop_padding: int, flip: bool, generator: torch.Generator) -> Tensor:
     """Random crop with zero padding and random horizontal flip, each image its own draw.
 
     x: uint8 (N, C, H, W) on any device; `generator` is a CPU generator, so runs are
-    reproducible whatever the device. Vectorized: the crop and the flip are one gather of
-    column indices and one of row indices over the padded batch. Returns x itself when there
-    is nothing to do.
+    reproducible whatever the device. Vectorized: crop and flip together are one gather of
+    per-image pixel indices into the padded batch. Returns x itself when there is nothing to do.
     """
     if crop_padding < 0:
         raise ConfigError(f"crop padding {crop_padding} must be >= 0")
@@ -135,38 +161,56 @@ def basic_augment(x: Tensor, *, crop_padding: int, flip: bool, generator: torch.
         return x
     n, c, h, w = x.shape
     p = crop_padding
-    # Offsets into the padded image: 0..2p, so p means "not shifted".
-    dy = torch.randint(0, 2 * p + 1, (n, 1), generator=generator)
-    dx = torch.randint(0, 2 * p + 1, (n, 1), generator=generator)
-    cols = dx + torch.arange(w)
-    if flip:
-        flipped = torch.rand(n, 1, generator=generator) < 0.5
-        cols = torch.where(flipped, cols.flip(1), cols)  # reversed window = crop then mirror
-    rows = (dy + torch.arange(h)).to(x.device)
-    cols = cols.to(x.device)
+    # Per image: window offsets into the padded image (0..2p, so p means "not shifted") and
+    # whether to mirror. Only these 3 numbers per image cross to the device.
+    draws = torch.randint(0, 2 * p + 1, (n, 3), generator=generator)
+    draws[:, 2] = (torch.rand(n, generator=generator) < 0.5) if flip else 0
+    dy, dx, flipped = _to_device(draws, x.device).unbind(1)
+    rows = dy.unsqueeze(1) + torch.arange(h, device=x.device)
+    cols = dx.unsqueeze(1) + torch.arange(w, device=x.device)
+    cols = torch.where(flipped.unsqueeze(1).bool(), cols.flip(1), cols)  # the window read right to left
+    # Flat (row, col) indices into each padded image: one gather is ~3x faster than a gather
+    # of rows then one of columns.
+    index = (rows.unsqueeze(2) * (w + 2 * p) + cols.unsqueeze(1)).view(n, 1, h * w)
     padded = F.pad(x, (p, p, p, p)) if p else x
-    if p:
-        padded = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * p))
-    return padded.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+    return padded.reshape(n, c, -1).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    if device.type == "cuda":  # from pinned memory the copy is asynchronous: no stall every batch
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 # --- built-in data sets ----------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
 def _digits() -> ImageData:
-    from sklearn.datasets import load_digits  # sklearn is slow to import; only digits needs it
-
-    digits = load_digits()
-    x = torch.from_numpy(np.round(digits.images * (255.0 / 16.0))).to(torch.uint8).unsqueeze(1)
-    y = torch.from_numpy(digits.target).long()
+    images, target = _digits_arrays()
+    x = torch.from_numpy(np.round(images * (255.0 / 16.0))).to(torch.uint8).unsqueeze(1)
+    y = torch.from_numpy(target).long()
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     train, val = order[:DIGITS_TRAIN], order[DIGITS_TRAIN:]
     return _image_data("digits", x[train], y[train], x[val], y[val], crop_padding=1, flip=False)
 
 
-@functools.lru_cache(maxsize=4)
-def _on_disk(name: str, root: str | None, image_size: int | None) -> ImageData:
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """load_digits' (1797, 8, 8) images in 0..16 and targets. Importing sklearn.datasets takes
+    ~1.3 s of a search worker's start for a 25 ms read, so the CSV that load_digits parses is
+    read directly when it is where sklearn keeps it."""
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    locations = spec.submodule_search_locations if spec else None
+    csv = Path(locations[0], "datasets", "data", "digits.csv.gz") if locations else None
+    if csv is not None and csv.is_file():
+        data = np.loadtxt(csv, delimiter=",")
+        return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images, digits.target
+
+
+def _on_disk(name: str, root: str | None) -> ImageData:
     from torchvision import datasets
 
     info = _ON_DISK[name]
@@ -188,9 +232,8 @@ def _on_disk(name: str, root: str | None, image_size: int | None) -> ImageData:
                         f"{' '.join(str(error).split())}; put {info.what} there") from error
     splits = [_as_nchw(ds.data) for ds in (train, val)]  # straight from the arrays, no PIL
     labels = [torch.as_tensor(ds.targets, dtype=torch.int64) for ds in (train, val)]
-    data = _image_data(name, splits[0], labels[0], splits[1], labels[1], crop_padding=info.crop_padding,
+    return _image_data(name, splits[0], labels[0], splits[1], labels[1], crop_padding=info.crop_padding,
                        flip=info.flip)
-    return _resized(data, image_size)
 
 
 def _as_nchw(data: Any) -> Tensor:
@@ -200,7 +243,6 @@ def _as_nchw(data: Any) -> Tensor:
     return x.contiguous()
 
 
-@functools.lru_cache(maxsize=2)
 def _image_folder(folder: str, size: int) -> ImageData:
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
@@ -246,7 +288,7 @@ _RETURNS = ("(train, val), each a torch Dataset of (image, label) with PIL or (C
             "images, or a tuple of tensors (x, y)")
 
 
-def _from_function(spec: str, data_dir: str | Path | None) -> ImageData:
+def _from_function(spec: str, data_dir: str | None) -> ImageData:
     fn = load_callable(spec, "data set")
     kwargs = accepted_kwargs(fn, {"data_dir": data_dir})
     check_callable_with(fn, kwargs, spec, "data set", "fn() or fn(data_dir=...)")
@@ -281,7 +323,10 @@ def _materialize(split: Any, spec: str, which: str) -> tuple[Tensor, Tensor]:
             if not (isinstance(sample, tuple | list) and len(sample) == 2):
                 raise bad(f"item {i} is {type(sample).__name__}, not an (image, label) pair")
             images.append(_image_tensor(sample[0], bad))
-            labels.append(int(sample[1]))
+            try:
+                labels.append(int(sample[1]))
+            except (TypeError, ValueError, RuntimeError):  # e.g. a one-hot vector
+                raise bad(f"item {i}'s label {sample[1]!r} is not an integer class index") from None
         if len({tuple(im.shape) for im in images}) > 1:
             raise bad("its images differ in size or channels; resize them to one size in the function")
         x, y = torch.stack(images), torch.tensor(labels, dtype=torch.int64)

@@ -27,6 +27,15 @@ def is_callable_spec(spec: str) -> bool:
     return bool(sep and module and function)
 
 
+def absolute_spec(spec: str) -> str:
+    """`spec` with a relative path/file.py made absolute: the same spec then names the same file
+    from any working directory (Ray runs trials in their own folders)."""
+    target, _, function = spec.rpartition(":")
+    if is_callable_spec(spec) and target.endswith(".py"):
+        return f"{Path(target).expanduser().resolve()}:{function}"
+    return spec
+
+
 def _one_line(error: BaseException) -> str:
     message = " ".join(str(error).split())
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
