@@ -1,0 +1,313 @@
+"""SearchTracker and the recipe look-ups against a real MLflow sqlite store, a real Optuna study
+and a real (tiny) torch model: nothing mocked."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import optuna
+import pytest
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from torch import nn
+
+from autotrick.errors import ConfigError
+from autotrick.recipe import Recipe, load_recipe
+from autotrick.records import SearchInfo, TrialRecord, best_of
+from autotrick.space import baseline_values
+from autotrick.tracking import (
+    CHAMPION,
+    TAG_BEST,
+    TAG_BEST_RUN,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_TRIAL,
+    SearchTracker,
+    export_recipe_text,
+    fetch_recipe_text,
+)
+
+NAME = "unit-search"
+MODEL_NAME = "unit-digits"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CURVES = ("train_loss", "val_loss", "val_accuracy", "lr", "seconds", "images_per_s")
+# Trial 1 onwards take their outcome in this order; the baseline (trial 0) finishes.
+OUTCOMES = ("finished", "stopped_early", "diverged", "failed", "finished", "early_stopped")
+LONG_EPOCHS = 180  # 180 epochs x 6 curves: past MLflow's 1000 metrics per log_batch call
+
+
+def search_info(name: str = NAME) -> SearchInfo:
+    return SearchInfo(name=name, space="quick", model="cnn", data="digits", metric="val_accuracy",
+                      mode="max", trials=len(OUTCOMES) + 1, max_epochs=LONG_EPOCHS, batch_size=64, seed=0,
+                      device="cpu", versions={"autotrick": "0.1.0", "mlflow": mlflow.__version__})
+
+
+def history(epochs: int, final: float, diverged: bool = False) -> list[dict[str, float]]:
+    rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_accuracy": final * e / epochs,
+             "lr": 0.05, "seconds": 0.5, "images_per_s": 3000.0} for e in range(1, epochs + 1)]
+    if diverged:
+        rows[-1]["val_loss"] = math.nan
+    return rows
+
+
+def make_study() -> optuna.Study:
+    """A real study over a categorical, a conditional categorical, a bool and a float parameter."""
+
+    def objective(trial: optuna.Trial) -> float:
+        norm = trial.suggest_categorical("norm.type", ["keep", "batch", "group"])
+        if norm == "group":
+            trial.suggest_categorical("norm.groups", [4, 8])
+        nesterov = trial.suggest_categorical("optim.nesterov", [False, True])
+        lr = trial.suggest_float("optim.lr", 0.001, 0.3, log=True)
+        return 0.9 + 0.03 * (norm != "keep") + 0.01 * nesterov - 0.02 * abs(math.log10(lr) + 1.3)
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
+    study.optimize(objective, n_trials=len(OUTCOMES))
+    return study
+
+
+def make_records(study: optuna.Study) -> list[TrialRecord]:
+    baseline = TrialRecord(number=0, values=baseline_values(), outcome="finished", metric=0.9,
+                           epochs=LONG_EPOCHS, history=history(LONG_EPOCHS, 0.9), baseline=True, seconds=12.5)
+    records = [baseline]
+    for trial, outcome in zip(study.trials, OUTCOMES, strict=True):
+        number, values = trial.number + 1, {**baseline_values(), **trial.params}
+        if outcome in ("diverged", "failed"):
+            reason = "loss became nan at epoch 2" if outcome == "diverged" else "RuntimeError: boom"
+            curves = history(2, 0.3, diverged=True)
+            records.append(TrialRecord(number, values, outcome, None, 2, curves, reason))
+        else:
+            epochs = 2 if outcome == "stopped_early" else 4
+            records.append(TrialRecord(number, values, outcome, trial.value, epochs,
+                                       history(epochs, trial.value), seconds=3.0))
+    return records
+
+
+def recipe_for(best: TrialRecord) -> str:
+    return Recipe(tricks=dict(best.values), training={"model": "cnn", "data": "digits", "epochs": 4},
+                  provenance={"metric": "val_accuracy", "value": best.metric, "search": NAME}).to_yaml()
+
+
+def children(client: MlflowClient, run: Run) -> dict[int, Run]:
+    found = client.search_runs([run.info.experiment_id], f"tags.`{TAG_PARENT}` = '{run.info.run_id}'")
+    numbers = [int(r.data.tags[TAG_TRIAL]) for r in found]
+    assert len(numbers) == len(set(numbers)), f"more than one child run for a trial: {sorted(numbers)}"
+    return {int(r.data.tags[TAG_TRIAL]): r for r in found}
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty sqlite store, copied by each test: migrations take seconds."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    started = time.perf_counter()
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    print(f"fresh MLflow sqlite store created in {time.perf_counter() - started:.2f}s")
+    return path
+
+
+def copy_store(empty_store: Path, folder: Path) -> str:
+    return f"sqlite:///{shutil.copy(empty_store, folder / 'mlflow.db')}"
+
+
+def close_cleanly(tracker: SearchTracker) -> None:
+    """close() turns a failed write into a warning: here, that is a test failure."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker.close(timeout=120)
+    assert not [str(w.message) for w in caught if "MLflow logging" in str(w.message)]
+
+
+@dataclass
+class Logged:
+    uri: str
+    client: MlflowClient
+    tracker: SearchTracker
+    parent: Run
+    children: dict[int, Run]
+    records: list[TrialRecord]
+    best: TrialRecord
+    recipe: str
+    model: nn.Module
+    example: torch.Tensor
+
+
+@pytest.fixture(scope="module")
+def logged(empty_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Logged:
+    """One whole search logged: its trials, its end, the best model registered."""
+    uri = copy_store(empty_store, tmp_path_factory.mktemp("search"))
+    study = make_study()
+    records = make_records(study)
+    best = best_of(records, "max")
+    assert best is not None and not best.baseline
+    model, example = nn.Sequential(nn.Linear(4, 3)).eval(), torch.randn(2, 4)
+    tracker = SearchTracker(search_info(), tracking_uri=uri)
+    for record in records:
+        tracker.trial_finished(record)
+    recipe = recipe_for(best)
+    tracker.search_finished(records=records, best=best, baseline=records[0], recipe_yaml=recipe, study=study,
+                            interrupted=False, registered_model=model, register_name=MODEL_NAME,
+                            example_input=example)
+    close_cleanly(tracker)
+    client = MlflowClient(uri)
+    parent = client.get_run(tracker.parent_run_id)
+    return Logged(uri, client, tracker, parent, children(client, parent), records, best, recipe, model,
+                  example)
+
+
+def test_parent_run_describes_the_search(logged: Logged) -> None:
+    parent = logged.parent
+    assert parent.info.status == "FINISHED"
+    assert logged.client.get_experiment(parent.info.experiment_id).name == NAME
+    assert parent.data.params["model"] == "cnn" and parent.data.params["max_epochs"] == str(LONG_EPOCHS)
+    assert parent.data.tags["autotrick.role"] == "parent"
+    assert parent.data.tags["autotrick.version.mlflow"] == mlflow.__version__
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(logged.best.metric)
+    assert parent.data.metrics["baseline_val_accuracy"] == pytest.approx(0.9)
+    assert parent.data.metrics["gain_val_accuracy"] == pytest.approx(logged.best.metric - 0.9)
+
+
+def test_one_child_per_trial_with_params_curves_and_outcomes(logged: Logged) -> None:
+    assert sorted(logged.children) == [r.number for r in logged.records]
+    for record in logged.records:
+        run = logged.children[record.number]
+        assert run.info.run_name == f"trial-{record.number:03d}" + (" (baseline)" if record.baseline else "")
+        assert run.data.tags[TAG_OUTCOME] == record.outcome
+        assert run.data.tags["autotrick.reason"] == record.reason
+        assert run.data.tags["autotrick.baseline"] == ("true" if record.baseline else "false")
+        assert run.info.status == ("FAILED" if record.outcome in ("diverged", "failed") else "FINISHED")
+        assert run.data.params["norm.type"] == record.values["norm.type"]
+        assert run.data.params["dropout.p"] == "null"
+        assert run.data.params["optim.nesterov"] in ("true", "false")
+        for curve in CURVES:
+            points = logged.client.get_metric_history(run.info.run_id, curve)
+            assert sorted(p.step for p in points) == list(range(1, record.epochs + 1))
+        if record.metric is None:
+            assert "final_val_accuracy" not in run.data.metrics
+        else:
+            assert run.data.metrics["final_val_accuracy"] == pytest.approx(record.metric)
+    assert math.isnan(logged.client.get_metric_history(logged.children[3].info.run_id, "val_loss")[-1].value)
+
+
+def test_best_child_is_tagged_and_both_runs_hold_the_recipe(logged: Logged) -> None:
+    best = logged.children[logged.best.number]
+    assert logged.parent.data.tags[TAG_BEST_RUN] == best.info.run_id
+    tagged = [n for n, run in logged.children.items() if run.data.tags.get(TAG_BEST) == "true"]
+    assert tagged == [logged.best.number]
+    for run in (logged.parent, best):
+        assert fetch_recipe_text(f"runs:/{run.info.run_id}/recipe.yaml", logged.uri) == logged.recipe
+
+
+def test_plots_are_png_files(logged: Logged, tmp_path: Path) -> None:
+    names = {Path(f.path).name for f in logged.client.list_artifacts(logged.parent.info.run_id, "plots")}
+    # norm.groups is drawn only with the group norm: a choice, yet absent from most trials
+    choices = {f"choice_{name}.png" for name in ("norm.type", "optim.nesterov")}
+    assert {"optimization_history.png", "param_importance.png"} | choices <= names
+    folder = Path(logged.client.download_artifacts(logged.parent.info.run_id, "plots", str(tmp_path)))
+    for name in names:
+        data = (folder / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 5000, name
+
+
+def test_registered_champion_loads_and_predicts(logged: Logged) -> None:
+    mlflow.set_tracking_uri(logged.uri)
+    loaded = mlflow.pytorch.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
+    with torch.no_grad():
+        assert torch.allclose(loaded(logged.example), logged.model(logged.example))
+    version = logged.client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    assert version.run_id == logged.children[logged.best.number].info.run_id
+
+
+def test_recipe_from_the_registry_and_by_search(logged: Logged) -> None:
+    assert fetch_recipe_text(f"models:/{MODEL_NAME}@{CHAMPION}", logged.uri) == logged.recipe
+    assert fetch_recipe_text(f"models:/{MODEL_NAME}/1", logged.uri) == logged.recipe
+    assert export_recipe_text(search_name=NAME, tracking_uri=logged.uri) == logged.recipe
+    assert export_recipe_text(run_id=logged.parent.info.run_id, tracking_uri=logged.uri) == logged.recipe
+    recipe = load_recipe(f"models:/{MODEL_NAME}@{CHAMPION}", tracking_uri=logged.uri)
+    assert recipe.tricks["norm.type"] == logged.best.values["norm.type"]
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    ("runs:/0123456789abcdef/recipe.yaml", "no run '0123456789abcdef'"),
+    (f"models:/{MODEL_NAME}@best", f"model '{MODEL_NAME}' has no alias 'best'; its aliases: champion"),
+    (f"models:/{MODEL_NAME}/7", f"model '{MODEL_NAME}' has no version '7'"),
+    ("models:/nobody@champion", "no registered model 'nobody' in sqlite:///"),
+    ("models:/nobody", "expected models:/NAME@champion or models:/NAME/<version>"),
+])
+def test_missing_things_are_config_errors(logged: Logged, ref: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        fetch_recipe_text(ref, logged.uri)
+    text = str(error.value)
+    assert text.startswith(f"{ref}: ") and message in text and "\n" not in text
+
+
+def test_missing_artifact_search_and_store_are_config_errors(logged: Logged, tmp_path: Path) -> None:
+    baseline_id = logged.children[0].info.run_id
+    with pytest.raises(ConfigError, match=r"has no artifact 'recipe\.yaml'"):
+        fetch_recipe_text(f"runs:/{baseline_id}/recipe.yaml", logged.uri)
+    with pytest.raises(ConfigError, match=rf"no search named 'other' .* searches there: {NAME}$"):
+        export_recipe_text(search_name="other", tracking_uri=logged.uri)
+    missing = tmp_path / "none.db"
+    with pytest.raises(ConfigError, match="no MLflow store at"):
+        fetch_recipe_text("runs:/abc/recipe.yaml", f"sqlite:///{missing}")
+    assert not missing.exists()
+
+
+def test_logging_time_is_measured(logged: Logged) -> None:
+    assert logged.tracker.logging_seconds > 0
+
+
+def test_resume_keeps_one_child_per_trial_and_kills_orphans(empty_store: Path, tmp_path: Path) -> None:
+    uri = copy_store(empty_store, tmp_path)
+    study = make_study()
+    first, second, third = make_records(study)[1:4]
+    killed = SearchTracker(search_info(), tracking_uri=uri)
+    for record in (first, second):
+        killed.trial_finished(record)
+    close_cleanly(killed)
+    client = MlflowClient(uri)
+    parent = client.get_run(killed.parent_run_id)
+    before = children(client, parent)
+    # What a search killed mid-write leaves: a child run still RUNNING.
+    orphan = client.create_run(parent.info.experiment_id, run_name="trial-003",
+                               tags={TAG_PARENT: parent.info.run_id, TAG_TRIAL: "3"})
+
+    resumed = SearchTracker(search_info(), tracking_uri=uri, resume=True)
+    resumed.trial_finished(first)  # replayed as it was: its run stays
+    changed = TrialRecord(second.number, {**second.values, "norm.type": "layer"}, "finished", 0.95, 4,
+                          history(4, 0.95))
+    resumed.trial_finished(second)
+    resumed.trial_finished(changed)  # re-run with new values: replaces the run
+    close_cleanly(resumed)
+    assert resumed.parent_run_id == parent.info.run_id
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    after = children(client, parent)
+    assert sorted(after) == [first.number, second.number, 3]
+    assert after[first.number].info.run_id == before[first.number].info.run_id
+    assert after[second.number].data.params["norm.type"] == "layer"
+    assert len(client.get_metric_history(after[second.number].info.run_id, "val_loss")) == 4
+
+    resumed = SearchTracker(search_info(), tracking_uri=uri, resume=True)
+    resumed.trial_finished(third)  # the orphan's trial, run again
+    resumed.search_finished(records=[first, changed, third], best=changed, baseline=None, recipe_yaml=None,
+                            study=None, interrupted=True)
+    close_cleanly(resumed)
+    after = children(client, parent)
+    assert after[3].info.run_id != orphan.info.run_id and after[3].info.status == "FAILED"
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"
+    assert client.get_run(parent.info.run_id).data.tags["autotrick.importance"].startswith("skipped")
+
+
+def test_a_broken_store_warns_instead_of_failing(tmp_path: Path) -> None:
+    tracker = SearchTracker(search_info(), tracking_uri=f"nosuchscheme://{tmp_path}")
+    tracker.trial_finished(make_records(make_study())[0])
+    with pytest.warns(RuntimeWarning, match="MLflow logging to nosuchscheme://.* failed"):
+        tracker.close()
+    assert tracker.parent_run_id is None
