@@ -1,0 +1,344 @@
+"""The model-side tricks (init, norm swap, dropout, pruning) against their formulas, with real torch."""
+
+import copy
+import inspect
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet18
+from torchvision.models.convnext import LayerNorm2d
+from torchvision.models.resnet import BasicBlock
+
+from autotrick.errors import ConfigError
+from autotrick.params import Trick
+from autotrick.tricks.dropout import DROPOUT, set_dropout
+from autotrick.tricks.init import INIT, initialize
+from autotrick.tricks.norm import NORM, NORM_LAYERS, LastDimNorm, swap_norms
+from autotrick.tricks.pruning import PRUNE, make_pruning_permanent, measure_sparsity, prune_weights
+
+torch.set_num_threads(2)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@pytest.mark.parametrize(("trick", "apply", "not_model_side"), [
+    (INIT, initialize, set()), (NORM, swap_norms, set()), (DROPOUT, set_dropout, set()),
+    (PRUNE, prune_weights, {"finetune_epochs"}),  # the epochs belong to the training loop
+])
+def test_keywords_are_the_trick_params(trick: Trick, apply: Callable[..., object],
+                                       not_model_side: set[str]) -> None:
+    keywords = {name for name, p in inspect.signature(apply).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert keywords == {p.name for p in trick.params} - not_model_side
+
+
+# --- init ----------------------------------------------------------------------------------------
+
+LEAKY_GAIN = math.sqrt(2 / (1 + 0.01**2))
+# N(0, s^2) cut at ±2 s keeps a std of s * sqrt(1 - 2 * 2 * phi(2) / (2 * Phi(2) - 1)) = 0.88 s.
+TRUNC_FACTOR = math.sqrt(1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(2 / math.sqrt(2)))
+
+
+def expected_std(scheme: str, fan_in: int, fan_out: int, **options: object) -> float:
+    """The weight std each scheme's formula gives (module docstring of autotrick.tricks.init)."""
+    if scheme.startswith("xavier"):
+        return math.sqrt(2 / (fan_in + fan_out))
+    if scheme.startswith("kaiming"):
+        gain = LEAKY_GAIN if options["nonlinearity"] == "leaky_relu" else math.sqrt(2)
+        return gain / math.sqrt(fan_in if options["mode"] == "fan_in" else fan_out)
+    assert scheme == "trunc_normal"
+    return float(options["std"]) * TRUNC_FACTOR  # type: ignore[arg-type]
+
+
+# (layer, fan_in, fan_out): 131k and 74k weights, so the empirical std is within 0.3% of the true one.
+LAYERS = {"linear": (lambda: nn.Linear(512, 256), 512, 256),
+          "conv": (lambda: nn.Conv2d(64, 128, 3), 64 * 9, 128 * 9)}
+STD_CASES = [
+    ("xavier_uniform", {}), ("xavier_normal", {}),
+    *[(s, {"mode": m, "nonlinearity": n}) for s in ("kaiming_uniform", "kaiming_normal")
+      for m in ("fan_in", "fan_out") for n in ("relu", "leaky_relu")],
+    ("trunc_normal", {"std": 0.02}), ("trunc_normal", {"std": 0.1}),
+]
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize(("scheme", "options"), STD_CASES)
+def test_weight_std_follows_the_formula(layer: str, scheme: str, options: dict[str, object]) -> None:
+    torch.manual_seed(0)
+    build, fan_in, fan_out = LAYERS[layer]
+    module = initialize(build(), scheme=scheme, **options)  # type: ignore[arg-type]
+    defaults = {"mode": "fan_in", "nonlinearity": "relu", "std": 0.02}
+    assert module.weight.std().item() == pytest.approx(expected_std(scheme, fan_in, fan_out,
+                                                                    **(defaults | options)), rel=0.03)
+    assert module.weight.mean().abs().item() < 0.02 * module.weight.std().item()
+    assert torch.count_nonzero(module.bias) == 0
+
+
+def test_trunc_normal_is_cut_at_two_std() -> None:
+    weight = initialize(nn.Linear(512, 256), scheme="trunc_normal", std=0.05).weight
+    assert weight.abs().max().item() <= 2 * 0.05
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_orthogonal_rows_are_orthonormal(layer: str) -> None:
+    weight = initialize(LAYERS[layer][0](), scheme="orthogonal").weight.detach().flatten(1)
+    assert weight.shape[0] <= weight.shape[1]  # more columns than rows: W W^T is the identity
+    torch.testing.assert_close(weight @ weight.T, torch.eye(weight.shape[0]), atol=1e-4, rtol=0)
+
+
+def small_cnn() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+
+
+def test_norms_reset_for_a_scheme_and_untouched_by_default() -> None:
+    model = small_cnn()
+    with torch.no_grad():
+        model[1].weight.fill_(3.0)
+        model[1].bias.fill_(2.0)
+    before = copy.deepcopy(model.state_dict())
+    initialize(model, scheme="default")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    initialize(model, scheme="xavier_normal")
+    assert torch.all(model[1].weight == 1) and torch.all(model[1].bias == 0)
+    assert not torch.equal(model[0].weight, before["0.weight"])
+
+
+def test_zero_last_norm_makes_every_resnet_block_its_shortcut() -> None:
+    torch.manual_seed(0)
+    model = initialize(resnet18(weights=None, num_classes=10), scheme="default", zero_last_norm=True).eval()
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8
+    with torch.no_grad():
+        for block in blocks:
+            assert torch.count_nonzero(block.bn2.weight) == 0
+            assert torch.count_nonzero(block.bn1.weight) > 0
+            x = torch.randn(2, block.conv1.in_channels, 8, 8)
+            shortcut = x if block.downsample is None else block.downsample(x)
+            torch.testing.assert_close(block(x), F.relu(shortcut))
+
+
+def test_zero_last_norm_finds_other_blocks_by_name() -> None:
+    class MyBlock(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm1, self.fc, self.norm2 = nn.LayerNorm(4), nn.Linear(4, 4), nn.LayerNorm(4)
+
+    class Other(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(4)
+
+    model = nn.Sequential(MyBlock(), Other())
+    initialize(model, scheme="xavier_uniform", zero_last_norm=True)
+    assert torch.count_nonzero(model[0].norm2.weight) == 0
+    assert torch.all(model[0].norm1.weight == 1) and torch.all(model[1].norm.weight == 1)
+
+
+# --- norm swap -----------------------------------------------------------------------------------
+
+
+def test_group_norm_resnet_has_no_batch_norm_and_still_trains() -> None:
+    torch.manual_seed(0)
+    model = swap_norms(resnet18(weights=None, num_classes=10), type="group", groups=8)
+    assert not any(isinstance(m, BATCH_NORMS) for m in model.modules())
+    assert sum(isinstance(m, nn.GroupNorm) and m.num_groups == 8 for m in model.modules()) == 20
+    x, labels = torch.randn(4, 3, 32, 32), torch.arange(4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(5):
+        loss = F.cross_entropy(model(x), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize(("channels", "groups", "expected"),
+                         [(24, 16, 12), (24, 8, 8), (10, 4, 2), (7, 8, 7), (3, 32, 3), (64, 32, 32)])
+def test_group_count_falls_back_to_the_largest_divisor(channels: int, groups: int, expected: int) -> None:
+    norm = swap_norms(nn.Sequential(nn.BatchNorm2d(channels)), type="group", groups=groups)[0]
+    assert isinstance(norm, nn.GroupNorm)
+    assert (norm.num_groups, norm.num_channels) == (expected, channels)
+
+
+def mlp() -> nn.Sequential:  # BatchNorm1d on (N, C) vectors
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+
+
+def conv1d_net() -> nn.Sequential:  # BatchNorm1d on (N, C, L) sequences
+    return nn.Sequential(nn.Conv1d(3, 16, 3), nn.BatchNorm1d(16), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+                         nn.Flatten(), nn.Linear(16, 10))
+
+
+def token_net() -> nn.Sequential:  # LayerNorm on (N, L, D) tokens
+    return nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Flatten(), nn.Linear(5 * 16, 10))
+
+
+# model, its input, and per type the layer the norm at index 1 becomes.
+NORM_CASES: dict[str, tuple[Callable[[], nn.Sequential], tuple[int, ...], dict[str, type[nn.Module]]]] = {
+    "cnn": (small_cnn, (4, 3, 8, 8), {"batch": nn.BatchNorm2d, "group": nn.GroupNorm,
+                                      "layer": nn.GroupNorm, "instance": nn.InstanceNorm2d}),
+    "mlp": (mlp, (4, 8), {"batch": nn.BatchNorm1d, "group": nn.GroupNorm, "layer": nn.GroupNorm,
+                          "instance": nn.GroupNorm}),
+    "conv1d": (conv1d_net, (4, 3, 12), {"batch": nn.BatchNorm1d, "group": nn.GroupNorm,
+                                        "layer": nn.GroupNorm, "instance": nn.GroupNorm}),
+    "tokens": (token_net, (4, 5, 8), {"batch": LastDimNorm, "group": LastDimNorm, "layer": nn.LayerNorm,
+                                      "instance": nn.LayerNorm}),
+}
+
+
+@pytest.mark.parametrize("norm_type", ["batch", "group", "layer", "instance", "none"])
+@pytest.mark.parametrize("case", NORM_CASES)
+def test_each_norm_type_swaps_and_runs(case: str, norm_type: str) -> None:
+    build, shape, expected = NORM_CASES[case]
+    model = swap_norms(build(), type=norm_type, groups=32)
+    assert type(model[1]) is expected.get(norm_type, nn.Identity)
+    out = model(torch.randn(shape))
+    out.sum().backward()
+    assert out.shape == (shape[0], 10) and torch.isfinite(out).all()
+
+
+def test_every_norm_kind_is_swapped() -> None:
+    norms = [nn.BatchNorm1d(4), nn.BatchNorm2d(4), nn.BatchNorm3d(4), nn.SyncBatchNorm(4),
+             nn.GroupNorm(2, 4), nn.LayerNorm(4), LayerNorm2d(4),
+             nn.InstanceNorm1d(4), nn.InstanceNorm2d(4), nn.InstanceNorm3d(4)]
+    assert {type(n) for n in norms} >= set(NORM_LAYERS)
+    model = swap_norms(nn.Sequential(*norms), type="none")
+    assert all(isinstance(m, nn.Identity) for m in model)
+
+
+def test_keep_leaves_the_model_alone() -> None:
+    model = small_cnn()
+    norm = model[1]
+    assert swap_norms(model, type="keep") is model and model[1] is norm
+
+
+def test_layer_on_vectors_is_layer_norm() -> None:
+    norm = swap_norms(nn.BatchNorm1d(16), type="layer")
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(norm(x), F.layer_norm(x, (16,), eps=norm.eps))
+
+
+def test_batch_on_tokens_normalizes_each_feature_over_batch_and_tokens() -> None:
+    norm = swap_norms(nn.LayerNorm(6), type="batch")
+    x = torch.randn(4, 5, 6) * 3 + 1
+    y = norm(x).reshape(-1, 6)
+    torch.testing.assert_close(y.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(0, unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
+
+
+def test_layer_norm_2d_is_a_feature_map_norm() -> None:
+    assert isinstance(swap_norms(LayerNorm2d(24), type="batch"), nn.BatchNorm2d)
+    group = swap_norms(LayerNorm2d(24), type="group", groups=16)
+    assert isinstance(group, nn.GroupNorm) and group.num_groups == 12
+
+
+def test_new_layers_follow_the_old_dtype() -> None:
+    model = small_cnn().double()
+    swap_norms(model, type="group")
+    assert model[1].weight.dtype == torch.float64
+    assert model(torch.randn(2, 3, 8, 8, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_unknown_norm_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown norm type"):
+        swap_norms(small_cnn(), type="weight")
+
+
+# --- dropout -------------------------------------------------------------------------------------
+
+
+def test_p_set_on_every_dropout_kind() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.1), nn.Sequential(nn.AlphaDropout(0.2)),
+                          nn.Unflatten(1, (2, 4, 1)), nn.Dropout2d(0.3), nn.Flatten(), nn.Linear(8, 2))
+    set_dropout(model, p=0.4)
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout | nn.Dropout2d | nn.AlphaDropout)]
+    assert [d.p for d in dropouts] == [0.4, 0.4, 0.4]
+    assert isinstance(model[-1], nn.Linear)  # nothing inserted: the model has its own
+    set_dropout(model, p=None)
+    assert [d.p for d in dropouts] == [0.4, 0.4, 0.4]
+
+
+def test_a_model_without_dropout_gets_one_before_its_last_linear() -> None:
+    model = resnet18(weights=None, num_classes=10)
+    fc = model.fc
+    set_dropout(model, p=0.3)
+    assert isinstance(model.fc, nn.Sequential) and model.fc[1] is fc
+    assert isinstance(model.fc[0], nn.Dropout) and model.fc[0].p == 0.3
+    assert sum(isinstance(m, nn.Dropout) for m in model.modules()) == 1
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_dropout_before_a_bare_linear_and_none_for_p_zero() -> None:
+    wrapped = set_dropout(nn.Linear(4, 2), p=0.5)
+    assert isinstance(wrapped, nn.Sequential) and isinstance(wrapped[0], nn.Dropout)
+    model = mlp()
+    set_dropout(model, p=0.0)
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+
+
+def test_no_dropout_and_no_linear_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="neither a Dropout nor a Linear"):
+        set_dropout(nn.Sequential(nn.Conv2d(3, 4, 1)), p=0.2)
+
+
+# --- pruning -------------------------------------------------------------------------------------
+
+
+def prunable_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    x, labels = torch.randn(4, 3, 8, 8), torch.arange(4)
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), labels).backward()
+    optimizer.step()
+
+
+def conv_linear_weights(model: nn.Module) -> list[Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.5, 0.9])
+def test_pruned_model_has_the_requested_sparsity(ratio: float) -> None:
+    model = prunable_net()
+    assert measure_sparsity(model).sparsity == 0
+    prune_weights(model, ratio=ratio)
+    sparsity = measure_sparsity(model)
+    assert sparsity.sparsity == pytest.approx(ratio, abs=0.01)
+    weights = sum(w.numel() for w in conv_linear_weights(model))
+    assert sparsity.total_params == sum(p.numel() for p in prunable_net().parameters())
+    assert sparsity.nonzero_params == pytest.approx(sparsity.total_params - ratio * weights, abs=2)
+
+
+def test_zeros_stay_zero_while_finetuning_and_after_removal() -> None:
+    model = prunable_net()
+    prune_weights(model, ratio=0.5)
+    zeros = [w == 0 for w in conv_linear_weights(model)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    for _ in range(2):
+        train_step(model, optimizer)
+    masked = measure_sparsity(model)
+    assert masked.sparsity == pytest.approx(0.5, abs=0.01)
+    make_pruning_permanent(model)
+    assert not any(name.endswith(("_orig", "_mask")) for name in model.state_dict())
+    assert all(torch.all(w[z] == 0) for w, z in zip(conv_linear_weights(model), zeros, strict=True))
+    assert measure_sparsity(model) == masked
+    train_step(model, torch.optim.SGD(model.parameters(), lr=0.1))  # a plain model again
+
+
+def test_ratio_zero_and_removal_on_an_unpruned_model_do_nothing() -> None:
+    model = prunable_net()
+    before = copy.deepcopy(model.state_dict())
+    prune_weights(model, ratio=0.0)
+    make_pruning_permanent(model)
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
