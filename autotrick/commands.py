@@ -136,7 +136,11 @@ def prepare_search(request: SearchRequest) -> tuple[Any, Path]:
     max_epochs = request.max_epochs or space.budget.max_epochs
     space = space.with_budget(trials=request.trials, max_epochs=max_epochs,
                               grace_epochs=min(space.budget.grace_epochs, max_epochs))
-    model, data = request.model or space.model, request.data or space.data
+    from autotrick.data import absolute_data_spec
+    from autotrick.entrypoints import absolute_spec
+
+    # Absolute paths: Ray runs trials in folders of their own.
+    model, data = absolute_spec(request.model or space.model), absolute_data_spec(request.data or space.data)
     check_model_and_data(model, data, request.data_dir)
     name = request.name or space.name
     if not name.replace("-", "").replace("_", "").isalnum():
@@ -217,6 +221,8 @@ def _conclude(result: Any, options: Any, output: Path, tracker: Any, request: Se
             provenance={"metric": budget.metric, "value": best.metric,
                         "baseline": baseline.metric if baseline else None, "search": options.name,
                         "space": options.space.name, "trial": best.number, "versions": versions()})
+    if recipe is not None:
+        recipe.provenance["mlflow_run_id"] = tracker.parent_run_id
     registered = _best_model(options, best) if request.register and recipe else None
     tracker.search_finished(records=result.records, best=best, baseline=baseline,
                             recipe_yaml=recipe.to_yaml() if recipe else None, study=result.study,
@@ -224,7 +230,6 @@ def _conclude(result: Any, options: Any, output: Path, tracker: Any, request: Se
                             register_name=request.register)
     tracker.close()
     if recipe is not None:
-        recipe.provenance["mlflow_run_id"] = tracker.parent_run_id
         recipe.write(output)
     result.timings["logging_s"] = tracker.logging_seconds
     click.echo(_summary(result, best, baseline, budget, output if recipe else None, tracker))

@@ -14,12 +14,12 @@ What is added to the glue a user writes by hand, and why:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +30,30 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-import optuna  # noqa: E402
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.experiment import Trial  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+import optuna
+import ray
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
-from autotrick.params import Fixed, Value, suggest_values  # noqa: E402
-from autotrick.records import SUCCESSFUL, TrialRecord, best_of, better  # noqa: E402
-from autotrick.space import SearchSpace, baseline_values  # noqa: E402
-from autotrick.trainer import EpochReport, TrainConfig  # noqa: E402
-from autotrick.tricks import TRICKS  # noqa: E402
+from autotrick.params import Fixed, Value, suggest_values
+from autotrick.records import SUCCESSFUL, TrialRecord, best_of, better
+from autotrick.space import SearchSpace, baseline_values
+from autotrick.trainer import EpochReport, TrainConfig
+from autotrick.tricks import TRICKS
+
+# No per-trial result files are kept, so the ResultGrid that fit() builds cannot read metrics back
+# and would warn about every trial; autotrick reads the outcome from the Optuna study instead.
+logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 TRIAL_KEY = "autotrick.trial"        # config keys that are not trick values
 BASELINE_KEY = "autotrick.baseline"
 INTERRUPTED = "interrupted"          # a trial cut off by Ctrl-C, a kill or the time budget
+REQUEUED_FROM = "autotrick.requeued_from"
+RECORD = "autotrick.record"          # a trial's TrialRecord, kept as a user attribute of the trial
+FAILED = ("diverged", "oom", "failed")
+EPOCH_METRICS = tuple(k for k in EpochReport.__dataclass_fields__ if k != "outcome")
 _PRELOAD_ENV = "AUTOTRICK_PRELOAD"   # "data|data_dir" for the worker setup hook
 
 
@@ -196,27 +204,43 @@ class _TrickSearcher(OptunaSearch):
         sampler = optuna.samplers.TPESampler(seed=seed + existing, constant_liar=True, n_startup_trials=8)
         super().__init__(space=self._define, metric=space.budget.metric, mode=space.budget.mode,
                          sampler=sampler, study_name=study_name, storage=storage)
+        self._configs: dict[str, dict[str, Any]] = {}  # every value drawn, fixed ones included
+        self._history: dict[str, list[dict[str, float]]] = {}
+        self.finished: dict[str, TrialRecord] = {}  # for the progress callback, which runs after
         if existing == 0:
             self._ot_study.enqueue_trial(self._define.baseline_params(), user_attrs={BASELINE_KEY: True})
         else:
             requeue_interrupted(self._ot_study)
 
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if config is not None:
+            self._configs[trial_id] = config
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if result.get("final"):
             return  # the post-pruning summary is not a new epoch
+        if "epoch" in result:
+            self._history.setdefault(trial_id, []).append(
+                {k: float(result[k]) for k in EPOCH_METRICS if isinstance(result.get(k), int | float)})
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        result = result or {}
         outcome = _outcome(result, error=error, stopped_early=trial_id in self._scheduler.stopped_early)
-        value = (result or {}).get(self._metric_name)
+        value = result.get(self._metric_name)
         finite = isinstance(value, int | float) and math.isfinite(value)
-        ot_trial.set_user_attr("outcome", outcome)
-        ot_trial.set_user_attr("reason", str((result or {}).get("reason", "")))
-        ot_trial.set_user_attr("epochs", int((result or {}).get("epoch", 0) or 0))
-        ot_trial.set_user_attr("values", _trick_values(result.get("config", {}) if result else {}))
+        config = self._configs.pop(trial_id, {})
+        record = TrialRecord(
+            number=ot_trial.number, values=_trick_values(config), outcome=outcome,
+            metric=float(value) if finite and outcome not in FAILED else None,
+            epochs=int(result.get("epoch", 0) or 0), history=self._history.pop(trial_id, []),
+            reason=str(result.get("reason", "")), baseline=bool(config.get(BASELINE_KEY)))
+        ot_trial.set_user_attr(RECORD, asdict(record))  # the study is what a resumed search reads back
         if outcome in SUCCESSFUL and finite:
             self._ot_study.tell(ot_trial, value, state=optuna.trial.TrialState.COMPLETE)
         elif outcome == "stopped_early" and finite:
@@ -224,6 +248,7 @@ class _TrickSearcher(OptunaSearch):
         else:  # diverged, oom, failed, interrupted: FAIL, never left RUNNING
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
         self._completed_trials.add(trial_id)
+        self.finished[trial_id] = record
 
 
 def _trick_values(config: dict[str, Any]) -> dict[str, Value]:
@@ -238,83 +263,65 @@ def _existing_trials(storage: optuna.storages.BaseStorage, study_name: str) -> i
 
 
 def requeue_interrupted(study: optuna.Study) -> int:
-    """Trials left RUNNING (or told interrupted) by an earlier session: mark them FAIL once and
-    enqueue their parameters again, so the sampler's choice is not lost and nothing runs twice."""
-    storage = study._storage
-    requeued = 0
-    for trial in study.get_trials(deepcopy=False):
-        cut_off = trial.state == optuna.trial.TrialState.RUNNING or (
-            trial.user_attrs.get("outcome") == INTERRUPTED and not trial.user_attrs.get("requeued"))
-        if not cut_off:
+    """Trials cut off by an earlier session (left RUNNING by a kill, or told interrupted after a
+    Ctrl-C): enqueue their parameters again, once, so the sampler's choice is not lost and
+    nothing runs twice. A finished trial cannot be changed, so the new trial names the old one."""
+    trials = study.get_trials(deepcopy=False)
+    requeued_already = {t.user_attrs.get(REQUEUED_FROM) for t in trials}
+    count = 0
+    for trial in trials:
+        left_running = trial.state == optuna.trial.TrialState.RUNNING
+        if not (left_running or trial.user_attrs.get("outcome") == INTERRUPTED):
             continue
-        if trial.state == optuna.trial.TrialState.RUNNING:
-            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-            storage.set_trial_user_attr(trial._trial_id, "outcome", INTERRUPTED)
-        storage.set_trial_user_attr(trial._trial_id, "requeued", True)
-        study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items()
-                                                      if k == BASELINE_KEY})
-        requeued += 1
-    return requeued
+        if left_running:
+            study._storage.set_trial_user_attr(trial._trial_id, "outcome", INTERRUPTED)
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        if trial.number in requeued_already:
+            continue
+        study.enqueue_trial(trial.params, user_attrs={REQUEUED_FROM: trial.number,
+                                                      BASELINE_KEY: bool(trial.user_attrs.get(BASELINE_KEY))})
+        count += 1
+    return count
 
 
 def records_from_study(study: optuna.Study) -> list[TrialRecord]:
-    """Every trial the study knows (this session's and earlier ones'), interrupted ones left out."""
-    records = []
-    for trial in study.get_trials(deepcopy=False):
-        outcome = trial.user_attrs.get("outcome")
-        if outcome is None or outcome == INTERRUPTED:
-            continue
-        value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else _last(trial)
-        records.append(TrialRecord(number=trial.number, values=trial.user_attrs.get("values", trial.params),
-                                   outcome=outcome, metric=value, epochs=trial.user_attrs.get("epochs", 0),
-                                   reason=trial.user_attrs.get("reason", ""),
-                                   baseline=bool(trial.user_attrs.get(BASELINE_KEY))))
-    return records
-
-
-def _last(trial: optuna.trial.FrozenTrial) -> float | None:
-    if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
-        return trial.intermediate_values[max(trial.intermediate_values)]
-    return None
+    """Every trial the study holds (this session's and earlier ones'), interrupted ones left out."""
+    records = [TrialRecord(**trial.user_attrs[RECORD]) for trial in study.get_trials(deepcopy=False)
+               if RECORD in trial.user_attrs]
+    return [r for r in records if r.outcome != INTERRUPTED]
 
 
 class _Progress(tune.Callback):
-    """Collects each trial's epochs; when a trial ends, builds its record and hands it on (one
-    console line, one MLflow child run)."""
+    """Hands each ended trial's record (built by the searcher, which Ray tells first) on: one
+    console line, one MLflow child run."""
 
-    def __init__(self, scheduler: _ASHA, metric: str, on_record: Callable[[TrialRecord], None]) -> None:
-        self.scheduler, self.metric, self.on_record = scheduler, metric, on_record
-        self.history: dict[str, list[dict[str, float]]] = defaultdict(list)
+    def __init__(self, searcher: _TrickSearcher, on_record: Callable[[TrialRecord], None]) -> None:
+        self.searcher, self.on_record = searcher, on_record
         self.started: dict[str, float] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles callbacks into its experiment state; the record sink (console, MLflow
+        # writer thread) lives in this process only and is not part of that state.
+        return {**self.__dict__, "on_record": None}
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.started[trial.trial_id] = time.perf_counter()
 
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
-                        **info: Any) -> None:
-        if not result.get("final"):
-            self.history[trial.trial_id].append(
-                {k: float(result[k]) for k in EpochReport.__dataclass_fields__ if k in result and k != "outcome"})
-
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._finish(trial, error=False)
+        self._hand_on(trial)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._finish(trial, error=True)
+        self._hand_on(trial)
 
-    def _finish(self, trial: Trial, *, error: bool) -> None:
-        result = trial.last_result or {}
-        outcome = _outcome(result, error=error, stopped_early=trial.trial_id in self.scheduler.stopped_early)
-        if outcome == INTERRUPTED:
+    def _hand_on(self, trial: Trial) -> None:
+        record = self.searcher.finished.pop(trial.trial_id, None)
+        started = self.started.pop(trial.trial_id, None)
+        if record is None or record.outcome == INTERRUPTED:
             return
-        reason = str(result.get("reason", "")) or (_error_text(trial) if error else "")
-        value = result.get(self.metric)
-        metric = float(value) if outcome not in ("failed", "oom", "diverged") and value is not None else None
-        self.on_record(TrialRecord(
-            number=int(trial.config[TRIAL_KEY]), values=_trick_values(trial.config), outcome=outcome,
-            metric=metric, epochs=int(result.get("epoch", 0) or 0), history=self.history.pop(trial.trial_id, []),
-            reason=reason, baseline=bool(trial.config.get(BASELINE_KEY)),
-            seconds=time.perf_counter() - self.started.pop(trial.trial_id, time.perf_counter())))
+        record.seconds = time.perf_counter() - started if started else 0.0
+        if record.outcome == "failed" and not record.reason:
+            record.reason = _error_text(trial)  # the worker died: Ray holds the error
+        self.on_record(record)
 
 
 def _error_text(trial: Trial) -> str:
@@ -397,7 +404,7 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
         run_config=tune.RunConfig(
             name=f"session-{int(time.time())}", storage_path=str((options.state_dir / "ray").resolve()),
             verbose=2 if options.verbose else 0, log_to_file=False,
-            callbacks=[_Progress(scheduler, options.space.budget.metric, on_record)],
+            callbacks=[_Progress(searcher, on_record)],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
     tuner.fit()

@@ -243,6 +243,9 @@ class _SearchLog:
     def log_results(self, result: _SearchResult) -> None:
         """The best and baseline metric and the gain on the parent; the best child tagged; the
         recipe on both."""
+        for record in result.records:  # a trial whose run was still queued when a search was killed
+            if record.number not in self.children:
+                self.log_trial(record)
         metrics = _result_metrics(self.info.metric, self.info.mode, result.best, result.baseline)
         _log_batch(self.client, self.parent_id, metrics=_metrics(metrics, _now_ms()))
         best_id = self._child_id(result.best)

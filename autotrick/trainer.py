@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
-from autotrick.data import ImageData, basic_augment, load_data, normalize
-from autotrick.models import build_model
 from torch import Tensor, nn
 
 from autotrick.apply import TrainingSetup, apply_tricks
+from autotrick.data import ImageData, basic_augment, load_data, normalize
+from autotrick.models import build_model
 from autotrick.params import Value
 
 OUTCOMES = ("finished", "early_stopped", "diverged", "oom", "failed")

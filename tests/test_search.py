@@ -61,18 +61,27 @@ import torch.nn as nn
 
 COUNTER = Path({counter!r})
 
+
+class Explode(nn.Module):
+    def forward(self, x):
+        return x * 1e38 * 1e38  # inf logits: a non-finite loss at the first step
+
+
 def build(num_classes, in_channels):
     calls = int(COUNTER.read_text() or 0) + 1 if COUNTER.exists() else 1
     COUNTER.write_text(str(calls))
     if calls in {raise_on}:
         raise RuntimeError("boom from the user's model")
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, 64), nn.ReLU(), nn.Linear(64, num_classes))
+    layers = [nn.Flatten(), nn.Linear(in_channels * 64, 64), nn.ReLU(), nn.Linear(64, num_classes)]
+    return nn.Sequential(*layers, *([Explode()] if calls in {diverge_on} else []))
 """
 
 
-def faulty_model(workdir: Path, raise_on: str) -> str:
+def faulty_model(workdir: Path, raise_on: str, diverge_on: str = "()") -> str:
+    """A user model file whose n-th build raises or diverges (build 1 is the driver's check)."""
     path = workdir / "faulty.py"
-    path.write_text(FAULTY_MODEL.format(counter=str(workdir / "calls.txt"), raise_on=raise_on))
+    path.write_text(FAULTY_MODEL.format(counter=str(workdir / "calls.txt"), raise_on=raise_on,
+                                        diverge_on=diverge_on))
     return f"{path}:build"
 
 
@@ -80,21 +89,22 @@ def test_a_trial_that_raises_and_trials_that_diverge_are_recorded_and_the_search
         ray_address: str, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     space = workdir / "wild.yaml"
     space.write_text("budget: {trials: 5, max_epochs: 3, grace_epochs: 3}\n"
-                     "tricks: {optim: {name: sgd, lr: {low: 50, high: 500, log: true}}}\n")
-    code = search(workdir, space=str(space), model=faulty_model(workdir, "{4}"), name="wild")
+                     "tricks: {optim: {lr: {low: 0.01, high: 0.1, log: true}}}\n")
+    model = faulty_model(workdir, raise_on="{4}", diverge_on="{3, 5}")
+    code = search(workdir, space=str(space), model=model, name="wild")
     out = capsys.readouterr().out
-    assert code == 0, out  # the baseline (lr 0.05) succeeded, so there is a best recipe
+    assert code == 0, out  # two trials succeeded, so there is a best recipe
     records = {r.number: r for r in records_from_study(study_of(workdir, "wild"))}
     assert len(records) == 5
     outcomes = [r.outcome for r in records.values()]
-    assert outcomes.count("failed") == 1 and outcomes.count("diverged") >= 2, outcomes
+    assert outcomes.count("failed") == 1 and outcomes.count("diverged") == 2, outcomes
     failed = next(r for r in records.values() if r.outcome == "failed")
     assert "boom from the user's model" in failed.reason
     diverged = next(r for r in records.values() if r.outcome == "diverged")
     assert "non-finite" in diverged.reason
     states = [t.state for t in study_of(workdir, "wild").trials]
     assert optuna.trial.TrialState.RUNNING not in states
-    assert states.count(optuna.trial.TrialState.FAIL) == 4
+    assert states.count(optuna.trial.TrialState.FAIL) == 3
     assert "boom from the user's model" in out and "diverged" in out
 
 
@@ -108,9 +118,18 @@ def test_every_trial_failing_exits_non_zero_without_a_recipe(
     assert not (workdir / "doomed.recipe.yaml").exists()
 
 
+def mlflow_runs(workdir: Path, experiment: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return client.search_runs([experiment_id], max_results=1000)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupted_search_resumes_without_losing_or_repeating_trials(
-        ray_address: str, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Ctrl-C a real `autotrick search` process (on the cluster, by --address), then --resume."""
+        stop: signal.Signals, ray_address: str, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stop a real `autotrick search` process (on the cluster, by --address), then --resume."""
     command = [sys.executable, "-m", "autotrick", "search", "--address", ray_address, "--name", "cut",
                "--trials", "8", "--max-epochs", "3", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -123,10 +142,13 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(
         if line.startswith("trial "):
             finished_lines.append(line)
     assert len(finished_lines) == 2, "the search printed no trials"
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     out, err = process.communicate(timeout=180)
-    assert process.returncode == 130, out + err
-    assert "interrupted after" in err and "autotrick search --name cut --resume" in err
+    if stop == signal.SIGINT:
+        assert process.returncode == 130, out + err
+        assert "interrupted after" in err and "autotrick search --name cut --resume" in err
+    else:
+        assert process.returncode == -signal.SIGKILL
     before = {r.number for r in records_from_study(study_of(workdir, "cut"))}
     assert 2 <= len(before) < 8
 
@@ -139,3 +161,8 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(
     drawn = [tuple(sorted((k, str(v)) for k, v in r.values.items())) for r in records]
     assert len(set(drawn)) == 8  # and nothing was repeated
     assert (workdir / "cut.recipe.yaml").exists()
+
+    runs = mlflow_runs(workdir, "cut")
+    children = [run for run in runs if run.data.tags.get("autotrick.role") != "parent"]
+    assert sorted(int(run.data.tags["autotrick.trial"]) for run in children) == sorted(numbers)
+    assert all(run.info.status != "RUNNING" for run in runs)  # orphans KILLED, the parent ended

@@ -20,7 +20,8 @@ BAD_SPACES = {
                      "tricks.optim.weight_decay: a log range needs low > 0"),
     "empty choices": ("tricks: {norm: {type: []}}\n", "tricks.norm.type: empty choice list"),
     "bad choice": ("tricks: {norm: {type: [keep, batchy]}}\n", "'batchy' is not allowed; expected one of keep"),
-    "wrong type": ("tricks: {smoothing: {eps: abc}}\n", "tricks.smoothing.eps: 'abc' is not allowed; expected a number"),
+    "wrong type": ("tricks: {smoothing: {eps: abc}}\n",
+                   "tricks.smoothing.eps: 'abc' is not allowed; expected a number"),
     "out of bounds": ("tricks: {smoothing: {eps: {low: 0, high: 1.5}}}\n", "1.5 is not allowed"),
     "range on a choice": ("tricks: {norm: {type: {low: 1, high: 2}}}\n", "a range needs a numeric parameter"),
     "bad budget": ("budget: {trials: 0}\n", "budget.trials: 0 must be a positive integer"),
@@ -44,7 +45,7 @@ def test_bad_space_names_the_file_key_and_rule(tmp_path: Path, case: str) -> Non
 
 
 def test_unknown_space_name_lists_the_builtins() -> None:
-    with pytest.raises(ConfigError, match="unknown search space 'nope'; expected one of .*quick"):
+    with pytest.raises(ConfigError, match=r"unknown search space 'nope'; expected one of .*quick"):
         load_space("nope")
 
 
@@ -100,7 +101,8 @@ def test_baseline_is_every_trick_at_its_default() -> None:
 
 
 def test_resolve_values_rejects_unknown_and_out_of_range() -> None:
-    with pytest.raises(ConfigError, match="unknown trick parameter 'norm.flavour'; expected norm.type, norm.groups"):
+    unknown = r"unknown trick parameter 'norm\.flavour'; expected norm\.type, norm\.groups"
+    with pytest.raises(ConfigError, match=unknown):
         resolve_values({"norm.flavour": 1}, "--set")
     with pytest.raises(ConfigError, match=r"smoothing.eps: 2 is not allowed; expected a number in \[0, 0.99\]"):
         resolve_values({"smoothing.eps": 2}, "--set")
