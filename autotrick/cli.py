@@ -123,3 +123,41 @@ def search(**options: Any) -> None:
     from autotrick.commands import SearchRequest, run_search_command
 
     sys.exit(run_search_command(SearchRequest(**options)))
+
+
+def _tracking_uri_option(f: Any) -> Any:
+    return click.option("--tracking-uri", default=None,
+                        help="an MLflow tracking URI (default: sqlite:///mlflow.db)")(f)
+
+
+@cli.command()
+@click.option("--name", "search_name", default=None, help="the search whose best recipe to export")
+@click.option("--run", "run_id", default=None, help="an MLflow run id (a search's parent or a trial)")
+@click.option("--output", "-o", required=True, help="where to write the recipe .yaml")
+@_tracking_uri_option
+def export(search_name: str | None, run_id: str | None, output: str, tracking_uri: str | None) -> None:
+    """Export a search's best recipe from MLflow to a file."""
+    from autotrick.commands import export_recipe
+
+    export_recipe(search_name=search_name, run_id=run_id, output=output, tracking_uri=tracking_uri)
+
+
+@cli.command()
+@click.argument("recipe")
+@_tracking_uri_option
+def show(recipe: str, tracking_uri: str | None) -> None:
+    """Print a recipe (file, runs:/ or models:/) as a table, with its gain over the baseline."""
+    from autotrick.commands import show_recipe
+
+    show_recipe(recipe, tracking_uri=tracking_uri)
+
+
+@cli.command()
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--name", "search_name", default=None, help="open this search's runs")
+@_tracking_uri_option
+def ui(port: int, search_name: str | None, tracking_uri: str | None) -> None:
+    """Start the MLflow UI on 127.0.0.1 against the search store, print its address and wait."""
+    from autotrick.commands import run_ui
+
+    run_ui(port=port, search_name=search_name, tracking_uri=tracking_uri)

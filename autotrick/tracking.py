@@ -9,6 +9,7 @@ sqlite store (about 3 s of schema migrations) happen on that thread too, while R
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import socket
 import subprocess
@@ -60,6 +61,11 @@ _MAX_BATCH, _MAX_PARAMS = 1000, 100
 _MAX_TAG_CHARS = 5000  # MLflow refuses tag values over 8000 characters
 
 _log = logging.getLogger(__name__)
+# A search prints one line per trial: MLflow's download bars and "creating tables" INFO lines
+# would interleave with them.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 # --- the tracker: a queue and one writer thread ----------------------------------------------
@@ -463,7 +469,9 @@ def param_importances(study: optuna.Study | None) -> dict[str, float] | str:
     if completed < 2:
         return f"skipped: {completed} completed trial(s), importance needs at least 2"
     try:
-        return get_param_importances(study)
+        with warnings.catch_warnings():  # "few trials per regime": expected in a short search
+            warnings.simplefilter("ignore")
+            return get_param_importances(study)
     except Exception as exc:  # e.g. no parameter shared by every completed trial
         return f"skipped: {type(exc).__name__}: {_first_line(exc)}"
 
