@@ -202,12 +202,26 @@ def run_search_command(request: SearchRequest) -> int:
         progress(record)
         tracker.trial_finished(record)
 
-    result = run_search(options, on_record)
-    return _conclude(result, options, output, tracker, request, progress)
+    recipe: list[Any] = []  # filled while Ray is still up
+
+    def before_shutdown(result: Any) -> None:
+        recipe.append(_record_best(result, options, tracker, request))
+
+    result = run_search(options, on_record, before_shutdown)
+    tracker.close()
+    if recipe[0] is not None:
+        recipe[0].write(output)
+    result.timings["logging_s"] = tracker.logging_seconds
+    click.echo(_summary(result, result.best, result.baseline, budget, output if recipe[0] else None, tracker))
+    if result.interrupted:
+        click.echo(f"interrupted after {len(result.records)} of {result.requested} trials: resume with "
+                   f"`autotrick search --name {options.name} --resume`", err=True)
+        return 130
+    return 0 if result.best is not None else 1
 
 
-def _conclude(result: Any, options: Any, output: Path, tracker: Any, request: SearchRequest,
-              progress: _ProgressPrinter) -> int:
+def _record_best(result: Any, options: Any, tracker: Any, request: SearchRequest) -> Any:
+    """The best recipe, and everything MLflow gets at the end of a search (queued, not waited for)."""
     from autotrick.recipe import Recipe
 
     budget = options.space.budget
@@ -220,24 +234,14 @@ def _conclude(result: Any, options: Any, output: Path, tracker: Any, request: Se
             "precision": best.values.get("precision.dtype", "fp32")},
             provenance={"metric": budget.metric, "value": best.metric,
                         "baseline": baseline.metric if baseline else None, "search": options.name,
-                        "space": options.space.name, "trial": best.number, "versions": versions()})
-    if recipe is not None:
-        recipe.provenance["mlflow_run_id"] = tracker.parent_run_id
+                        "space": options.space.name, "trial": best.number, "versions": versions(),
+                        "mlflow_run_id": tracker.parent_run_id})
     registered = _best_model(options, best) if request.register and recipe else None
     tracker.search_finished(records=result.records, best=best, baseline=baseline,
                             recipe_yaml=recipe.to_yaml() if recipe else None, study=result.study,
                             interrupted=result.interrupted, registered_model=registered,
                             register_name=request.register)
-    tracker.close()
-    if recipe is not None:
-        recipe.write(output)
-    result.timings["logging_s"] = tracker.logging_seconds
-    click.echo(_summary(result, best, baseline, budget, output if recipe else None, tracker))
-    if result.interrupted:
-        click.echo(f"interrupted after {len(result.records)} of {result.requested} trials: resume with "
-                   f"`autotrick search --name {options.name} --resume`", err=True)
-        return 130
-    return 0 if best is not None else 1
+    return recipe
 
 
 def _summary(result: Any, best: TrialRecord | None, baseline: TrialRecord | None, budget: Any,

@@ -37,6 +37,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from autotrick.errors import ConfigError
 from autotrick.params import Fixed, Value, suggest_values
 from autotrick.records import SUCCESSFUL, TrialRecord, best_of, better
 from autotrick.space import SearchSpace, baseline_values
@@ -78,20 +79,18 @@ class SearchOptions:
 class SearchResult:
     records: list[TrialRecord]         # every trial of the search, earlier sessions included
     requested: int
+    mode: str                          # "max" or "min"
     interrupted: bool
     study: optuna.Study
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def best(self) -> TrialRecord | None:
-        return best_of(self.records, self.study.direction.name.lower()[:3].replace("min", "min"))
+        return best_of(self.records, self.mode)
 
     @property
     def baseline(self) -> TrialRecord | None:
         return next((r for r in self.records if r.baseline and r.successful), None)
-
-    def model_path(self, state_dir: Path, number: int) -> Path:
-        return saved_model_path(state_dir, number)
 
 
 def saved_model_path(state_dir: Path, number: int) -> Path:
@@ -353,37 +352,52 @@ def _concurrency(options: SearchOptions) -> int:
     return max(1, slots)
 
 
-def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None]) -> SearchResult:
-    """Run (or resume) the search until the study holds `trials` finished trials."""
+def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
+               before_shutdown: Callable[[SearchResult], None] | None = None) -> SearchResult:
+    """Run (or resume) the search until the study holds `trials` finished trials.
+
+    `before_shutdown` gets the result while Ray is still up, so that the caller's last work
+    (MLflow plots, the registry) overlaps Ray's shutdown instead of following it."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     budget = options.space.budget
-    options.state_dir.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(options.state_dir / "optuna.journal")))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     we_started_ray = _start_ray(options)
     timings["ray_start_s"] = time.perf_counter() - started
     try:
+        _check_gpus(options)
+        options.state_dir.mkdir(parents=True, exist_ok=True)
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(options.state_dir / "optuna.journal")))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         scheduler = _ASHA(time_attr="training_iteration", max_t=budget.max_epochs,
                           grace_period=budget.grace_epochs, reduction_factor=3)
         searcher = _TrickSearcher(options.space, study_name=options.name, storage=storage,
                                   seed=options.train.seed, scheduler=scheduler)
-        study = searcher._ot_study
-        remaining = budget.trials - len(records_from_study(study))
+        remaining = budget.trials - len(records_from_study(searcher._ot_study))
         if remaining > 0:
             fit_started = time.perf_counter()
             _fit(options, searcher, scheduler, remaining, on_record)
             timings["trials_s"] = time.perf_counter() - fit_started
+        records = records_from_study(searcher._ot_study)
+        result = SearchResult(records=records, requested=budget.trials, mode=budget.mode,
+                              interrupted=len(records) < budget.trials, study=searcher._ot_study, timings=timings)
+        if before_shutdown is not None:
+            before_shutdown(result)
     finally:
         if we_started_ray:
             shutdown_started = time.perf_counter()
             ray.shutdown()
             timings["ray_shutdown_s"] = time.perf_counter() - shutdown_started
-    records = records_from_study(study)
     timings["total_s"] = time.perf_counter() - started
-    return SearchResult(records=records, requested=budget.trials, interrupted=len(records) < budget.trials,
-                        study=study, timings=timings)
+    return result
+
+
+def _check_gpus(options: SearchOptions) -> None:
+    """Ray would keep a trial that asks for a GPU the cluster lacks pending forever."""
+    if options.gpus_per_trial > 0:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < options.gpus_per_trial:
+            raise ConfigError(f"--gpus-per-trial {options.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs")
 
 
 def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, trials: int,
