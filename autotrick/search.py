@@ -102,7 +102,7 @@ def saved_model_path(state_dir: Path, number: int) -> Path:
 def warm_worker() -> None:
     """Ray's worker_process_setup_hook: import torch and load the data set when a worker process
     starts, so that no trial pays for them (the peer glue pays ~6 s per trial)."""
-    from autotrick import trainer  # noqa: F401  (imports torch, torchvision, the tricks)
+    from autotrick import trainer  # noqa: F401  (imports torch and the tricks)
     from autotrick.data import load_data
 
     spec = os.environ.get(_PRELOAD_ENV)

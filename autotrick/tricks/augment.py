@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torchvision.transforms import v2
 
 from autotrick.params import Param, Trick, When
 
@@ -40,6 +39,8 @@ def policy_transform(*, policy: str, autoaugment_policy: str = "imagenet", num_o
     """
     if policy == "none":
         return None
+    from torchvision.transforms import v2  # imported on first use: ~2 s a process otherwise
+
     if policy == "autoaugment":
         return v2.AutoAugment(v2.AutoAugmentPolicy(autoaugment_policy))
     if policy == "randaugment":

@@ -11,7 +11,6 @@ each residual block so every block starts as the identity (Goyal et al., 2017).
 """
 
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from autotrick.params import Param, Trick, When
 from autotrick.tricks.norm import NORM_LAYERS, LastDimNorm
@@ -41,7 +40,7 @@ WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
 )
 _LEAKY_SLOPE = 0.01  # kaiming's `a`; torch ignores it for relu
 # The norm closing the residual branch of torchvision's ResNet blocks.
-_RESIDUAL_NORM = {BasicBlock: "bn2", Bottleneck: "bn3"}
+_RESIDUAL_NORM = {"BasicBlock": "bn2", "Bottleneck": "bn3"}
 
 
 def _init_weight(weight: Tensor, scheme: str, mode: str, nonlinearity: str, std: float) -> None:
@@ -82,9 +81,10 @@ def _last_norm(block: nn.Module) -> nn.Module | None:
     In a pre-norm transformer block (ViT's EncoderBlock) that is the norm before the MLP: zeroed,
     it silences the MLP branch (exactly when the MLP biases are 0), not the attention one.
     """
-    for cls, name in _RESIDUAL_NORM.items():
-        if isinstance(block, cls):
-            return _as_norm(getattr(block, name))
+    # By name: importing torchvision to check the class would cost every process ~2 s.
+    name = _RESIDUAL_NORM.get(type(block).__name__) if type(block).__module__ == "torchvision.models.resnet" else None
+    if name is not None:
+        return _as_norm(getattr(block, name))
     if not any(word in type(block).__name__ for word in ("Block", "Bottleneck")):
         return None
     norms = [norm for child in block.children() if (norm := _as_norm(child)) is not None]

@@ -25,11 +25,11 @@ GroupNorm and SyncBatchNorm carry no rank; they are taken to see 2d maps.
 """
 
 import math
+import sys
 from dataclasses import dataclass
 from itertools import chain
 
 from torch import Tensor, nn
-from torchvision.models.convnext import LayerNorm2d
 
 from autotrick.params import Param, Trick, When
 
@@ -85,9 +85,16 @@ class _Site:
     last_dims: tuple[int, ...] | None = None
 
 
+def _is_layer_norm_2d(module: nn.Module) -> bool:
+    """torchvision's ConvNeXt LayerNorm2d; a model can only hold one if torchvision is imported,
+    so this never imports it (that would cost every process ~2 s)."""
+    convnext = sys.modules.get("torchvision.models.convnext")
+    return convnext is not None and isinstance(module, convnext.LayerNorm2d)
+
+
 def _site(module: nn.Module) -> _Site | None:
     """Where `module` normalizes; None if it is not a norm layer."""
-    if isinstance(module, LayerNorm2d):  # a LayerNorm over the channels of (N, C, H, W)
+    if _is_layer_norm_2d(module):  # a LayerNorm over the channels of (N, C, H, W)
         return _Site(module.normalized_shape[0])
     if isinstance(module, nn.LayerNorm):
         shape = tuple(module.normalized_shape)
