@@ -29,6 +29,8 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# autotrick resumes from its Optuna study, not from Ray's experiment state: snapshot it rarely.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "300")
 
 import optuna
 import ray

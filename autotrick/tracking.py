@@ -8,9 +8,11 @@ sqlite store (about 3 s of schema migrations) happen on that thread too, while R
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
+import shutil
 import socket
 import subprocess
 import sys
@@ -125,6 +127,7 @@ class SearchTracker:
         self._errors.clear()
 
     def _write(self, resume: bool) -> None:
+        _lower_this_threads_priority()
         self._log = self._timed(lambda: _SearchLog(self.info, self.tracking_uri, resume))
         while (job := self._jobs.get()) is not None:
             if self._log is not None:  # without a parent run there is nothing to write to
@@ -159,6 +162,31 @@ class _Child:
     content: tuple[Any, ...]
 
 
+def _lower_this_threads_priority() -> None:
+    """Let the writer use only CPU the trials leave idle: on a small machine its MLflow and
+    SQLAlchemy work would otherwise slow the trials. Its queue is drained at the end anyway."""
+    with contextlib.suppress(AttributeError, OSError):  # Linux threads have their own nice value
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 15)
+
+
+def _seed_sqlite_store(uri: str) -> None:
+    """A new sqlite store costs seconds of schema migrations: copy an empty store migrated once
+    per MLflow version (kept in the user's cache) instead."""
+    import mlflow
+
+    path = _sqlite_path(uri)
+    if path is None or path.exists():
+        return
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autotrick"
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    if not template.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        fresh = cache / f"{template.name}.{os.getpid()}.tmp"
+        mlflow.MlflowClient(f"sqlite:///{fresh}").search_experiments()  # runs the migrations
+        os.replace(fresh, template)  # atomic: a concurrent search sees the whole file or none
+    shutil.copyfile(template, path)
+
+
 # --- the MLflow side (writer thread only) ----------------------------------------------------
 
 
@@ -169,6 +197,7 @@ class _SearchLog:
     def __init__(self, info: SearchInfo, tracking_uri: str, resume: bool) -> None:
         import mlflow
 
+        _seed_sqlite_store(tracking_uri)
         mlflow.set_tracking_uri(tracking_uri)  # for mlflow.pytorch.log_model and the registry
         self.info = info
         self.client = mlflow.MlflowClient(tracking_uri)
