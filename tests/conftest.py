@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,14 +28,31 @@ def _ray_cli() -> str:
     return shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
 
 
+def _stop_processes_under(temp_dir: str) -> None:
+    """Stop this head's processes only: `ray stop` would stop every Ray on the machine, a
+    developer's own cluster included. Each of ours names the head's unique temp dir."""
+    import psutil  # a dependency of Ray
+
+    ours = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(temp_dir in arg for arg in process.info["cmdline"] or ()):
+            ours.append(process)
+    for process in ours:
+        process.terminate()
+    _, alive = psutil.wait_procs(ours, timeout=20)
+    for process in alive:
+        process.kill()
+
+
 @pytest.fixture(scope="session")
 def ray_address() -> Iterator[str]:
     import ray
 
     port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     subprocess.run([_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                    "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True, timeout=180)
+                    f"--temp-dir={temp_dir}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=180)
     address = f"127.0.0.1:{port}"
     ray.init(address=address, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": "autotrick.search.warm_worker"})
@@ -42,7 +60,8 @@ def ray_address() -> Iterator[str]:
         yield address
     finally:
         ray.shutdown()
-        subprocess.run([_ray_cli(), "stop", "--force"], capture_output=True, timeout=120)
+        _stop_processes_under(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
