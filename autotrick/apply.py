@@ -3,7 +3,7 @@ registry's flat values ("optim.lr": 0.05, ...) and each trick's own keyword argu
 
 The built-in trainer uses it, and so does a user's own loop (see examples/own_loop.py):
 
-    setup = apply_tricks(values, model, steps_per_epoch=len(loader), epochs=10, device="cuda")
+    setup = apply_tricks(values, model, num_classes=10, steps_per_epoch=len(loader), epochs=10, device="cuda")
     for x, labels in loader:
         x = setup.augment(x)                                   # the policy, on uint8 images
         x, targets = setup.mix(normalize(x), setup.targets(labels))
@@ -16,6 +16,7 @@ The built-in trainer uses it, and so does a user's own loop (see examples/own_lo
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,15 @@ from autotrick.tricks.precision import autocast, grad_scaler, resolve_precision
 from autotrick.tricks.pruning import Sparsity, make_pruning_permanent, measure_sparsity, prune_weights
 from autotrick.tricks.schedule import build_scheduler
 from autotrick.tricks.smoothing import soft_cross_entropy, soft_targets
+
+# The same recipe and seed must train to the same model on any number of CPU threads: a search
+# trains each trial on cpus_per_trial threads, `autotrick train --recipe` on every core. MKL's
+# sgemm splits a long reduction between threads (a Linear layer's weight gradient over a batch
+# of 128: the sums differ in the last bits, and training drifts, 2 digits of 360 apart after 4
+# epochs); its strict conditional numerical reproducibility makes gemm independent of the thread
+# count (oneDNN's convolutions already are). MKL reads it at its first call, after this import
+# in any autotrick training; an MKL_CBWR set by the user wins.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
 def of(values: Mapping[str, Value], trick: str) -> dict[str, Any]:

@@ -208,10 +208,12 @@ def run_search_command(request: SearchRequest) -> int:
         recipe.append(_record_best(result, options, tracker, request))
 
     result = run_search(options, on_record, before_shutdown)
+    waited = time.perf_counter()
     tracker.close()
+    result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time
+    result.timings["logging_cpu_s"] = tracker.logging_seconds
     if recipe[0] is not None:
         recipe[0].write(output)
-    result.timings["logging_s"] = tracker.logging_seconds
     click.echo(_summary(result, result.best, result.baseline, budget, output if recipe[0] else None, tracker))
     if result.interrupted:
         click.echo(f"interrupted after {len(result.records)} of {result.requested} trials: resume with "
@@ -250,7 +252,8 @@ def _summary(result: Any, best: TrialRecord | None, baseline: TrialRecord | None
     stopped = sum(1 for r in result.records if r.outcome == "stopped_early")
     lines = [f"{len(result.records)} trials ({stopped} stopped early by ASHA, {failed} failed) in "
              f"{result.timings.get('total_s', 0):.1f}s",
-             "time: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in result.timings.items())]
+             "time: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" if k.endswith("_s") else f"{k} {v:.2f}"
+                                  for k, v in result.timings.items())]
     if best is None:
         lines.append("no trial succeeded: no recipe written")
         return "\n".join(lines)

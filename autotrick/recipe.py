@@ -68,8 +68,9 @@ def parse_recipe(text: str, source: str) -> Recipe:
         raise ConfigError(f"recipe {source}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict) or "autotrick_recipe" not in raw:
         raise ConfigError(f"recipe {source}: not an autotrick recipe (no 'autotrick_recipe: {SCHEMA_VERSION}' key)")
-    if raw["autotrick_recipe"] != SCHEMA_VERSION:
-        raise ConfigError(f"recipe {source}: schema version {raw['autotrick_recipe']!r} is not supported; "
+    version = raw["autotrick_recipe"]
+    if type(version) is not int or version != SCHEMA_VERSION:  # YAML's `true` and 1.0 equal 1 too
+        raise ConfigError(f"recipe {source}: schema version {version!r} is not supported; "
                           f"this autotrick reads version {SCHEMA_VERSION}")
     unknown = set(raw) - {"autotrick_recipe", "tricks", "training", "provenance"}
     if unknown:
@@ -85,10 +86,30 @@ def parse_recipe(text: str, source: str) -> Recipe:
     for key, value in training.items():
         if key not in _TRAINING_KEYS:
             raise ConfigError(f"recipe {source}: training.{key} is unknown; allowed: {', '.join(_TRAINING_KEYS)}")
-        if key in ("epochs", "batch_size") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"recipe {source}: training.{key}: {value!r} must be a positive integer")
+        _check_training(key, value, source)
+    provenance = raw.get("provenance") or {}
+    if not isinstance(provenance, Mapping):
+        raise ConfigError(f"recipe {source}: provenance must be a mapping (metric, value, baseline, ...), "
+                          f"got {type(provenance).__name__}")
     return Recipe(tricks=resolve_values(flat, f"recipe {source}"), training=dict(training),
-                  provenance=dict(raw.get("provenance") or {}))
+                  provenance=dict(provenance))
+
+
+def _check_training(key: str, value: Any, source: str) -> None:
+    """One training setting: what `autotrick train` would otherwise fail on with a traceback."""
+    where = f"recipe {source}: training.{key}: {value!r}"
+    if key in ("epochs", "batch_size") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{where} must be a positive integer")
+    if key == "seed" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where} must be an integer")
+    if key in ("model", "data") and not (isinstance(value, str) and value.strip()):
+        raise ConfigError(f"{where} must be a name or spec, e.g. {'cnn' if key == 'model' else 'digits'}")
+    if key == "precision":
+        from autotrick.tricks import all_params
+
+        choices = all_params()["precision.dtype"].choices
+        if value not in choices:
+            raise ConfigError(f"{where} is not allowed; expected one of {', '.join(map(str, choices))}")
 
 
 def load_recipe(ref: str | Path, *, tracking_uri: str | None = None) -> Recipe:

@@ -372,7 +372,7 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
             optuna.storages.journal.JournalFileBackend(str(options.state_dir / "optuna.journal")))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         scheduler = _ASHA(time_attr="training_iteration", max_t=budget.max_epochs,
-                          grace_period=budget.grace_epochs, reduction_factor=3)
+                          grace_period=budget.grace_epochs, reduction_factor=4)
         searcher = _TrickSearcher(options.space, study_name=options.name, storage=storage,
                                   seed=options.train.seed, scheduler=scheduler)
         remaining = budget.trials - len(records_from_study(searcher._ot_study))
@@ -381,6 +381,7 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
             _fit(options, searcher, scheduler, remaining, on_record)
             timings["trials_s"] = time.perf_counter() - fit_started
         records = records_from_study(searcher._ot_study)
+        timings.update(_trial_time(records, _concurrency(options), timings.get("trials_s", 0.0)))
         result = SearchResult(records=records, requested=budget.trials, mode=budget.mode,
                               interrupted=len(records) < budget.trials, study=searcher._ot_study, timings=timings)
         if before_shutdown is not None:
@@ -392,6 +393,17 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
             timings["ray_shutdown_s"] = time.perf_counter() - shutdown_started
     timings["total_s"] = time.perf_counter() - started
     return result
+
+
+def _trial_time(records: list[TrialRecord], slots: int, wall: float) -> dict[str, float]:
+    """Where the trial phase went: set-up in the trials (data, model, tricks), their epochs, and
+    the share of the slots' time spent training (1.0: every slot trained all the time)."""
+    setup = sum(r.history[0].get("setup_seconds", 0.0) for r in records if r.history)
+    epochs = sum(row.get("seconds", 0.0) for r in records for row in r.history)
+    busy = {"trial_setup_s": setup, "epochs_s": epochs}
+    if wall > 0:
+        busy["slot_busy_ratio"] = epochs / (wall * slots)
+    return busy
 
 
 def _check_gpus(options: SearchOptions) -> None:

@@ -66,6 +66,9 @@ _log = logging.getLogger(__name__)
 # A search prints one line per trial: MLflow's download bars and "creating tables" INFO lines
 # would interleave with them.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# `import mlflow` (lazy, below) sets its logger to MLFLOW_LOGGING_LEVEL, INFO when unset, undoing
+# a setLevel made before it: the variable is what holds. setLevel covers an mlflow imported already.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -94,7 +97,8 @@ class SearchTracker:
 
     @property
     def logging_seconds(self) -> float:
-        """Time the writer spent on MLflow, store set-up and plots included."""
+        """CPU time the writer spent on MLflow, store set-up and plots included (its wall time
+        says little: it runs at low priority, in the gaps the trials leave)."""
         return self._seconds
 
     def trial_finished(self, record: TrialRecord) -> None:
@@ -134,7 +138,7 @@ class SearchTracker:
                 self._timed(partial(job, self._log))
 
     def _timed(self, job: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
+        started = time.thread_time()
         try:
             return job()
         except Exception as exc:
@@ -142,7 +146,7 @@ class SearchTracker:
             self._errors.append(f"{type(exc).__name__}: {_first_line(exc)}")
             return None
         finally:
-            self._seconds += time.perf_counter() - started
+            self._seconds += time.thread_time() - started
 
 
 @dataclass
@@ -689,7 +693,13 @@ def serve_ui(*, tracking_uri: str | None = None, host: str = "127.0.0.1", port: 
     fd, log_path = tempfile.mkstemp(prefix="autotrick-ui-", suffix=".log")
     with open(fd, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    _wait_for_http(process, f"http://{host}:{port}/health", timeout, Path(log_path))
+    try:
+        _wait_for_http(process, f"http://{host}:{port}/health", timeout, Path(log_path))
+    except BaseException:  # a Ctrl-C during the start-up must not leave the server running
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+        raise
     return process
 
 

@@ -48,6 +48,7 @@ class EpochReport:
     lr: float
     seconds: float
     images_per_s: float
+    setup_seconds: float = 0.0  # the trial's set-up before its first epoch: data, model, tricks
     outcome: str | None = None  # set on the trial's last report only
 
     def metrics(self) -> dict[str, float]:
@@ -74,6 +75,7 @@ Report = Callable[[EpochReport], None]
 def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report | None = None, *,
               keep_model: bool = False) -> TrialResult:
     """Train once with `values`; call `report` after each epoch (the last one carries the outcome)."""
+    started = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
@@ -86,7 +88,7 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
                          epochs=config.epochs, device=device, seed=config.seed)
     if device.type == "cuda" and _is_conv_net(setup.model):
         setup.model = setup.model.to(memory_format=torch.channels_last)
-    loop = _Loop(setup, data, config)
+    loop = _Loop(setup, data, config, setup_seconds=time.perf_counter() - started)
     try:
         result = loop.run(report or (lambda _: None))
     except torch.OutOfMemoryError as exc:
@@ -102,6 +104,7 @@ class _Loop:
     setup: TrainingSetup
     data: ImageData
     config: TrainConfig
+    setup_seconds: float = 0.0
     history: list[EpochReport] = field(default_factory=list)
 
     def run(self, report: Report) -> TrialResult:
@@ -156,7 +159,7 @@ class _Loop:
                 loss = setup.loss(setup.model(self._layout(x)), targets)
             if not torch.isfinite(loss):  # one check per step: a diverged run stops at once
                 return EpochReport(epoch, math.nan, math.nan, math.nan, setup.lr,
-                                   time.perf_counter() - started, 0.0)
+                                   time.perf_counter() - started, 0.0, self.setup_seconds)
             setup.step(loss)
             total_loss += loss.detach() * len(index)
             seen += len(index)
@@ -164,7 +167,7 @@ class _Loop:
         seconds = time.perf_counter() - started
         val_loss, val_accuracy = self._evaluate()
         return EpochReport(epoch, float(total_loss) / seen, val_loss, val_accuracy, setup.lr, seconds,
-                           seen / seconds)
+                           seen / seconds, self.setup_seconds)
 
     @torch.no_grad()
     def _evaluate(self) -> tuple[float, float]:

@@ -61,7 +61,8 @@ def bench_search(workdir: Path) -> dict[str, float]:
               "search_stopped_early": number(r"(\d+) stopped early", out)}
     for key, value in re.findall(r"(\w+) ([\d.]+)s", _line(out, "time:")):
         result[f"search_{key}_s"] = float(value)
-    result["logging_share_of_wall"] = round(result.get("search_logging_s", 0.0) / wall, 4)
+    result["logging_wait_share_of_wall"] = round(result.get("search_logging_wait_s", 0.0) / wall, 4)
+    result["logging_cpu_share_of_wall"] = round(result.get("search_logging_cpu_s", 0.0) / wall, 4)
     return result
 
 
