@@ -239,6 +239,9 @@ def _record_best(result: Any, options: Any, tracker: Any, request: SearchRequest
                         "space": options.space.name, "trial": best.number, "versions": versions(),
                         "mlflow_run_id": tracker.parent_run_id})
     registered = _best_model(options, best) if request.register and recipe else None
+    if request.register and recipe and registered is None:
+        click.echo(f"warning: --register {request.register}: trial {best.number}'s weights were not saved; "
+                   "nothing registered", err=True)
     tracker.search_finished(records=result.records, best=best, baseline=baseline,
                             recipe_yaml=recipe.to_yaml() if recipe else None, study=result.study,
                             interrupted=result.interrupted, registered_model=registered,
@@ -373,13 +376,20 @@ def show_recipe(ref: str, *, tracking_uri: str | None) -> None:
 
 
 def run_ui(*, port: int, search_name: str | None, tracking_uri: str | None) -> None:
+    import signal
+
     from autotrick.tracking import serve_ui, ui_url
 
+    # SIGTERM (a service manager, `timeout`, `docker stop`) stops the server as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     process = serve_ui(tracking_uri=tracking_uri, port=port)
     click.echo(f"MLflow UI at {ui_url(search_name=search_name, tracking_uri=tracking_uri, port=port)} "
                "(Ctrl-C to stop)")
     try:
         process.wait()
     except KeyboardInterrupt:
-        process.terminate()
-        process.wait(timeout=30)
+        pass
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)

@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,9 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
             metrics[metric] = worst  # ASHA compares this number: a NaN would poison its rungs
         tune.report(metrics)
 
+    save = partial(_save_model, saved_model_path(Path(state_dir), int(config[TRIAL_KEY]))) if state_dir else None
     try:
-        result = run_trial(values, train, report, keep_model=state_dir is not None)
+        result = run_trial(values, train, report, on_trained=save)
     except Exception as exc:  # recorded as a failed trial; the search goes on
         tune.report({metric: worst, "outcome": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]})
         return
@@ -137,12 +139,13 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
                      "outcome": result.outcome, "reason": result.reason, "sparsity": result.sparsity or 0.0,
                      "nonzero_params": result.nonzero_params or 0, "epoch": result.epochs_run,
                      "final": 1})
-    if state_dir is not None and result.model is not None and result.outcome in SUCCESSFUL:
-        import torch
 
-        path = saved_model_path(Path(state_dir), int(config[TRIAL_KEY]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(result.model.state_dict(), path)
+
+def _save_model(path: Path, model: Any) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
 
 
 # --------------------------------------------------------------------------- in the driver
@@ -220,18 +223,25 @@ class _TrickSearcher(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if result.get("final"):
+        self._remember_epoch(trial_id, result)
+        if not result.get("final"):
+            super().on_trial_result(trial_id, result)
+
+    def _remember_epoch(self, trial_id: str, result: dict[str, Any]) -> None:
+        # Ray hands the result that made ASHA stop a trial to on_trial_complete only, and a
+        # finished trial's last epoch may arrive both ways: keep each epoch once.
+        if result.get("final") or "epoch" not in result:
             return  # the post-pruning summary is not a new epoch
-        if "epoch" in result:
-            self._history.setdefault(trial_id, []).append(
-                {k: float(result[k]) for k in EPOCH_METRICS if isinstance(result.get(k), int | float)})
-        super().on_trial_result(trial_id, result)
+        history = self._history.setdefault(trial_id, [])
+        if not history or history[-1].get("epoch", 0) < result["epoch"]:
+            history.append({k: float(result[k]) for k in EPOCH_METRICS if isinstance(result.get(k), int | float)})
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
         ot_trial = self._ot_trials[trial_id]
         result = result or {}
+        self._remember_epoch(trial_id, result)
         outcome = _outcome(result, error=error, stopped_early=trial_id in self._scheduler.stopped_early)
         value = result.get(self._metric_name)
         finite = isinstance(value, int | float) and math.isfinite(value)
@@ -422,7 +432,7 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
                     threads=max(1, int(options.cpus_per_trial)),
                     device="cuda" if options.gpus_per_trial > 0 else options.train.device)
     trainable = tune.with_parameters(run_one_trial, train=train, metric=options.space.budget.metric,
-                                     state_dir=str(options.state_dir) if options.save_models else None)
+                                     state_dir=str(options.state_dir.resolve()) if options.save_models else None)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}),
         tune_config=tune.TuneConfig(

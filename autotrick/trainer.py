@@ -73,8 +73,10 @@ Report = Callable[[EpochReport], None]
 
 
 def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report | None = None, *,
-              keep_model: bool = False) -> TrialResult:
-    """Train once with `values`; call `report` after each epoch (the last one carries the outcome)."""
+              keep_model: bool = False, on_trained: Callable[[nn.Module], None] | None = None) -> TrialResult:
+    """Train once with `values`; call `report` after each epoch (the last one carries the outcome).
+    `on_trained` gets the trained model of a successful run before the last report, which may be the
+    last thing a scheduler lets a trial do."""
     started = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -88,7 +90,7 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
                          epochs=config.epochs, device=device, seed=config.seed)
     if device.type == "cuda" and _is_conv_net(setup.model):
         setup.model = setup.model.to(memory_format=torch.channels_last)
-    loop = _Loop(setup, data, config, setup_seconds=time.perf_counter() - started)
+    loop = _Loop(setup, data, config, setup_seconds=time.perf_counter() - started, on_trained=on_trained)
     try:
         result = loop.run(report or (lambda _: None))
     except torch.OutOfMemoryError as exc:
@@ -105,6 +107,7 @@ class _Loop:
     data: ImageData
     config: TrainConfig
     setup_seconds: float = 0.0
+    on_trained: Callable[[nn.Module], None] | None = None
     history: list[EpochReport] = field(default_factory=list)
 
     def run(self, report: Report) -> TrialResult:
@@ -140,6 +143,8 @@ class _Loop:
              **extra: Any) -> TrialResult:
         last.outcome = outcome
         self.history.append(last)
+        if self.on_trained is not None and not reason:
+            self.on_trained(self.setup.model)
         report(last)
         return TrialResult(outcome, last.epoch, last.val_accuracy, last.val_loss, self.history, reason=reason,
                            train_seconds=time.perf_counter() - started, **extra)
