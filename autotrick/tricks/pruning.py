@@ -47,11 +47,16 @@ def _prunable(model: nn.Module) -> list[nn.Module]:
 
 
 def prune_weights(model: nn.Module, *, ratio: float) -> None:
-    """Mask the `ratio` fraction of conv/linear weights of smallest |w|, over the whole model at once."""
+    """Mask the `ratio` fraction of conv/linear weights of smallest |w|, over the whole model at once.
+    (torch's global_unstructured does the same but refuses channels_last weights.)"""
     if ratio == 0:
         return
-    prune.global_unstructured([(m, "weight") for m in _prunable(model)],
-                              pruning_method=prune.L1Unstructured, amount=ratio)
+    layers = _prunable(model)
+    scores = torch.cat([layer.weight.detach().abs().reshape(-1) for layer in layers])
+    keep = torch.ones_like(scores)
+    keep[torch.topk(scores, round(ratio * scores.numel()), largest=False).indices] = 0.0
+    for layer, mask in zip(layers, keep.split([layer.weight.numel() for layer in layers]), strict=True):
+        prune.custom_from_mask(layer, "weight", mask.reshape(layer.weight.shape))
 
 
 def make_pruning_permanent(model: nn.Module) -> None:
