@@ -1,5 +1,5 @@
 """`python -m autotrick` is the `autotrick` command."""
 
-from autotrick.cli import main
+from autotrick.cli import run
 
-main()
+run()
