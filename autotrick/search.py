@@ -14,6 +14,7 @@ What is added to the glue a user writes by hand, and why:
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -399,6 +400,10 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
     finally:
         if we_started_ray:
             shutdown_started = time.perf_counter()
+            # Tune leaves ObjectRefs in reference cycles: freed by a garbage collection after the
+            # shutdown (in whichever thread triggers it), they call into the stopped core worker,
+            # which ends the process. Collect them while Ray is up.
+            gc.collect()
             ray.shutdown()
             timings["ray_shutdown_s"] = time.perf_counter() - shutdown_started
     timings["total_s"] = time.perf_counter() - started
