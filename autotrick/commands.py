@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,11 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
         model=model or settings.get("model") or "cnn", data=data or settings.get("data") or "digits",
         data_dir=data_dir, epochs=epochs or settings.get("epochs") or 15,
         batch_size=batch_size or settings.get("batch_size") or 64,
-        seed=seed if not recipe_ref or seed else settings.get("seed", seed), device=device,
-        threads=os.cpu_count() if device == "cpu" else None)
+        seed=seed if not recipe_ref or seed else settings.get("seed", seed), device=device)
+    if device == "cpu":  # re-running a recipe's own trial: its thread count, for the same numbers
+        same_trial = (config.model, config.data) == (settings.get("model"), settings.get("data"))
+        config = replace(config, threads=settings.get("threads") if same_trial and settings.get("threads")
+                         else os.cpu_count())
     load_data(config.data, config.data_dir)  # a missing folder fails here, before anything trains
     changed = {k: v for k, v in values.items() if k in given}
     click.echo(f"train {config.model} on {config.data}, {config.epochs} epochs, batch {config.batch_size}, "
@@ -233,7 +236,8 @@ def _record_best(result: Any, options: Any, tracker: Any, request: SearchRequest
         recipe = Recipe(tricks=dict(best.values), training={
             "model": options.train.model, "data": options.train.data, "epochs": budget.max_epochs,
             "batch_size": options.space.batch_size, "seed": options.train.seed,
-            "precision": best.values.get("precision.dtype", "fp32")},
+            "precision": best.values.get("precision.dtype", "fp32"),
+            "threads": options.threads_per_trial},
             provenance={"metric": budget.metric, "value": best.metric,
                         "baseline": baseline.metric if baseline else None, "search": options.name,
                         "space": options.space.name, "trial": best.number, "versions": versions(),

@@ -3,7 +3,8 @@ API re-apply to a user's own model and loop.
 
     autotrick_recipe: 1
     tricks:   {norm: {type: group, groups: 8}, optim: {name: sgd, lr: 0.08, ...}, ...}
-    training: {model: cnn, data: digits, epochs: 15, batch_size: 64, seed: 0, precision: fp32}
+    training: {model: cnn, data: digits, epochs: 15, batch_size: 64, seed: 0, precision: fp32,
+               threads: 1}   # the trial's CPU threads: the same count re-trains it bit for bit
     provenance: {metric: val_accuracy, value: 0.986, baseline: 0.972, search: quick, trial: 7,
                  mlflow_run_id: ..., versions: {...}}
 
@@ -24,7 +25,7 @@ from autotrick.params import Value
 
 SCHEMA_VERSION = 1
 RECIPE_FILE = "recipe.yaml"
-_TRAINING_KEYS = ("model", "data", "epochs", "batch_size", "seed", "precision")
+_TRAINING_KEYS = ("model", "data", "epochs", "batch_size", "seed", "precision", "threads")
 
 
 @dataclass
@@ -98,7 +99,8 @@ def parse_recipe(text: str, source: str) -> Recipe:
 def _check_training(key: str, value: Any, source: str) -> None:
     """One training setting: what `autotrick train` would otherwise fail on with a traceback."""
     where = f"recipe {source}: training.{key}: {value!r}"
-    if key in ("epochs", "batch_size") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+    positive = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if key in ("epochs", "batch_size", "threads") and not positive:
         raise ConfigError(f"{where} must be a positive integer")
     if key == "seed" and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{where} must be an integer")

@@ -78,6 +78,11 @@ class SearchOptions:
     verbose: bool = False
     save_models: bool = False          # keep each trial's weights so the best can be registered
 
+    @property
+    def threads_per_trial(self) -> int:
+        """torch's CPU threads in each trial: its whole CPUs."""
+        return max(1, int(self.cpus_per_trial))
+
 
 @dataclass
 class SearchResult:
@@ -434,7 +439,7 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     # Ray's own progress tables only with --verbose: its legacy reporter at verbose=0 prints nothing.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if options.verbose else "0"
     train = replace(options.train, epochs=options.space.budget.max_epochs,
-                    threads=max(1, int(options.cpus_per_trial)),
+                    threads=options.threads_per_trial,
                     device="cuda" if options.gpus_per_trial > 0 else options.train.device)
     trainable = tune.with_parameters(run_one_trial, train=train, metric=options.space.budget.metric,
                                      state_dir=str(options.state_dir.resolve()) if options.save_models else None)
