@@ -212,7 +212,7 @@ def test_the_recipe_is_an_artifact_of_the_parent_and_the_best_child(tracked: Tra
     assert written["provenance"]["trial"] == best_number
     assert written["training"] == {"model": "cnn", "data": "digits", "epochs": MAX_EPOCHS,
                                    "batch_size": QUICK.batch_size,
-                                   "seed": 0, "precision": "fp32"}
+                                   "seed": 0, "precision": "fp32", "threads": 1}
     # the recipe holds the best trial's values, nested by trick
     flat = {f"{trick}.{param}": value for trick, params in written["tricks"].items() for param, value in params.items()}
     assert flat == tracked.records[best_number].values
