@@ -39,7 +39,7 @@ def _stop_processes_under(temp_dir: str) -> None:
             ours.append(process)
     for process in ours:
         process.terminate()
-    _, alive = psutil.wait_procs(ours, timeout=20)
+    _, alive = psutil.wait_procs(ours, timeout=5)  # some ignore SIGTERM: no need to wait long
     for process in alive:
         process.kill()
 
