@@ -109,8 +109,10 @@ def saved_model_path(state_dir: Path, number: int) -> Path:
 # --------------------------------------------------------------------------- inside a worker
 
 def warm_worker() -> None:
-    """Ray's worker_process_setup_hook: import torch and load the data set when a worker process
-    starts, so that no trial pays for them (the peer glue pays ~6 s per trial)."""
+    """Ray's worker_process_setup_hook: torch and the data set once per worker process, which
+    reused actors keep for every trial they run (the peer glue pays ~6 s of start-up per trial).
+    Ray runs it as the actor is created, after loading the trainable (which imports torch), so
+    what it adds is the data set, loaded before the first trial's clock starts."""
     from autotrick import trainer  # noqa: F401  (imports torch and the tricks)
     from autotrick.data import load_data
 
