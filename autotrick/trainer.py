@@ -21,6 +21,7 @@ from autotrick.apply import TrainingSetup, apply_tricks
 from autotrick.data import ImageData, basic_augment, load_data, normalize
 from autotrick.models import build_model
 from autotrick.params import Value
+from autotrick.records import SUCCESSFUL
 
 OUTCOMES = ("finished", "early_stopped", "diverged", "oom", "failed")
 
@@ -66,14 +67,13 @@ class TrialResult:
     sparsity: float | None = None
     nonzero_params: int | None = None
     train_seconds: float = 0.0
-    model: nn.Module | None = None
 
 
 Report = Callable[[EpochReport], None]
 
 
 def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report | None = None, *,
-              keep_model: bool = False, on_trained: Callable[[nn.Module], None] | None = None) -> TrialResult:
+              on_trained: Callable[[nn.Module], None] | None = None) -> TrialResult:
     """Train once with `values`; call `report` after each epoch (the last one carries the outcome).
     `on_trained` gets the trained model of a successful run before the last report, which may be the
     last thing a scheduler lets a trial do."""
@@ -98,8 +98,6 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
     except torch.OutOfMemoryError as exc:
         result = TrialResult("oom", len(loop.history), math.nan, math.nan, loop.history,
                              reason=str(exc).splitlines()[0])
-    if keep_model:
-        result.model = setup.model
     return result
 
 
@@ -146,7 +144,7 @@ class _Loop:
              **extra: Any) -> TrialResult:
         last.outcome = outcome
         self.history.append(last)
-        if self.on_trained is not None and not reason:
+        if self.on_trained is not None and outcome in SUCCESSFUL:
             self.on_trained(self.setup.model)
         report(last)
         return TrialResult(outcome, last.epoch, last.val_accuracy, last.val_loss, self.history, reason=reason,

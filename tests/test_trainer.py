@@ -13,7 +13,7 @@ FAST = TrainConfig(epochs=3, batch_size=128, threads=1)
 
 def train(sets: dict, config: TrainConfig = FAST) -> tuple:
     reports: list[EpochReport] = []
-    result = run_trial(resolve_values(sets, "test"), config, reports.append, keep_model=True)
+    result = run_trial(resolve_values(sets, "test"), config, reports.append)
     return result, reports
 
 
@@ -55,9 +55,12 @@ def test_a_non_finite_loss_ends_the_trial_as_diverged_not_an_exception(tmp_path:
 
 
 def test_pruning_reports_the_measured_sparsity() -> None:
-    result, _ = train({"prune.ratio": 0.6, "prune.finetune_epochs": 1})
+    trained: list = []  # on_trained hands over the model as the search saves it: pruned, permanent
+    result = run_trial(resolve_values({"prune.ratio": 0.6, "prune.finetune_epochs": 1}, "test"), FAST,
+                       on_trained=trained.append)
+    assert len(trained) == 1
     assert result.sparsity == pytest.approx(0.6, abs=0.01)
-    assert result.nonzero_params < sum(p.numel() for p in result.model.parameters())
+    assert result.nonzero_params < sum(p.numel() for p in trained[0].parameters())
     assert result.val_accuracy > 0.5
 
 
