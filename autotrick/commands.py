@@ -74,8 +74,7 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
         seed=seed if not recipe_ref or seed else settings.get("seed", seed), device=device)
     if device == "cpu":  # re-running a recipe's own trial: its thread count, for the same numbers
         same_trial = (config.model, config.data) == (settings.get("model"), settings.get("data"))
-        config = replace(config, threads=settings.get("threads") if same_trial and settings.get("threads")
-                         else os.cpu_count())
+        config = replace(config, threads=(settings.get("threads") if same_trial else None) or os.cpu_count())
     load_data(config.data, config.data_dir)  # a missing folder fails here, before anything trains
     changed = {k: v for k, v in values.items() if k in given}
     click.echo(f"train {config.model} on {config.data}, {config.epochs} epochs, batch {config.batch_size}, "
