@@ -1,6 +1,8 @@
 """The trainer: one real trial on the embedded digits data set (real torch, nothing mocked)."""
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,14 @@ def test_warmup_is_stepped_every_iteration() -> None:
     # after epoch 1 (12 steps taken) it is 13/24 of the peak, after epoch 2 the peak itself
     assert reports[0].lr == pytest.approx(0.05 * 13 / 24)
     assert reports[1].lr == pytest.approx(0.05)
+
+
+def test_the_command_in_a_fresh_process_prints_everything_before_its_quick_exit(tmp_path: Path) -> None:
+    """`python -m autotrick` ends with os._exit (no interpreter teardown): piped output must still be
+    whole, and the exit code the command's."""
+    done = subprocess.run([sys.executable, "-m", "autotrick", "train", "--epochs", "2"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("train cnn on digits, 2 epochs") and len(lines) == 4, done.stdout
+    assert lines[-1].startswith("finished: val_accuracy "), done.stdout
