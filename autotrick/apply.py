@@ -25,19 +25,19 @@ import torch
 from torch import Tensor, nn
 
 from autotrick.params import Value
-from autotrick.tricks import TRICKS
-from autotrick.tricks.augment import augment_batch, policy_transform
-from autotrick.tricks.clipping import clip_gradients
-from autotrick.tricks.dropout import set_dropout
-from autotrick.tricks.early_stop import EarlyStopper
-from autotrick.tricks.init import initialize
-from autotrick.tricks.mixing import mix_batch
-from autotrick.tricks.norm import swap_norms
-from autotrick.tricks.optim import build_optimizer, l1_penalty
-from autotrick.tricks.precision import autocast, grad_scaler, resolve_precision
-from autotrick.tricks.pruning import Sparsity, make_pruning_permanent, measure_sparsity, prune_weights
-from autotrick.tricks.schedule import build_scheduler
-from autotrick.tricks.smoothing import soft_cross_entropy, soft_targets
+from autotrick.tricks import defaults
+from autotrick.tricks.augment import AUGMENT, augment_batch, policy_transform
+from autotrick.tricks.clipping import CLIP, clip_gradients
+from autotrick.tricks.dropout import DROPOUT, set_dropout
+from autotrick.tricks.early_stop import EARLY_STOP, EarlyStopper
+from autotrick.tricks.init import INIT, initialize
+from autotrick.tricks.mixing import MIX, mix_batch
+from autotrick.tricks.norm import NORM, swap_norms
+from autotrick.tricks.optim import OPTIM, build_optimizer, l1_penalty
+from autotrick.tricks.precision import PRECISION, autocast, grad_scaler, resolve_precision
+from autotrick.tricks.pruning import PRUNE, Sparsity, make_pruning_permanent, measure_sparsity, prune_weights
+from autotrick.tricks.schedule import SCHEDULE, build_scheduler
+from autotrick.tricks.smoothing import SMOOTHING, soft_cross_entropy, soft_targets
 
 # The same recipe and seed must train to the same model on any number of CPU threads: a search
 # trains each trial on cpus_per_trial threads, `autotrick train --recipe` on every core. MKL's
@@ -49,25 +49,18 @@ from autotrick.tricks.smoothing import soft_cross_entropy, soft_targets
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
-def of(values: Mapping[str, Value], trick: str) -> dict[str, Any]:
-    """The values of one trick as keyword arguments: {"norm.type": "group"} -> {"type": "group"}."""
-    prefix = trick + "."
-    return {key.removeprefix(prefix): value for key, value in values.items() if key.startswith(prefix)}
-
-
 def complete(values: Mapping[str, Value]) -> dict[str, Value]:
     """Fill every parameter a caller left out with its default (the baseline)."""
-    defaults = {f"{t.name}.{p.name}": p.default for t in TRICKS for p in t.params}
-    return {**defaults, **values}
+    return {**defaults(), **values}
 
 
 def prepare_model(model: nn.Module, values: Mapping[str, Value]) -> nn.Module:
     """Model-side tricks, in the order that makes sense: swap norms and set dropout first, so that
     the initializer also covers the layers they added."""
     values = complete(values)
-    model = swap_norms(model, **of(values, "norm"))
-    model = set_dropout(model, **of(values, "dropout"))
-    return initialize(model, **of(values, "init"))
+    model = swap_norms(model, **NORM.kwargs(values))
+    model = set_dropout(model, **DROPOUT.kwargs(values))
+    return initialize(model, **INIT.kwargs(values))
 
 
 @dataclass
@@ -87,11 +80,14 @@ class TrainingSetup:
 
     def __post_init__(self) -> None:
         self._scaler = grad_scaler(self.precision, self.device)
-        self._l1 = float(self.values["optim.l1"])  # type: ignore[arg-type]
+        self._l1 = float(OPTIM.kwargs(self.values)["l1"])  # type: ignore[arg-type]
+        self._smoothing = SMOOTHING.kwargs(self.values)
+        self._clip = CLIP.kwargs(self.values)
+        self._prune = PRUNE.kwargs(self.values)
 
     def targets(self, labels: Tensor) -> Tensor:
         """Soft targets with label smoothing: (1 - eps) * one_hot + eps / K."""
-        return soft_targets(labels, self.num_classes, float(self.values["smoothing.eps"]))  # type: ignore[arg-type]
+        return soft_targets(labels, self.num_classes, **self._smoothing)  # type: ignore[arg-type]
 
     def augment(self, images: Tensor) -> Tensor:
         """The augmentation policy on a uint8 batch (each image its own random ops)."""
@@ -100,7 +96,7 @@ class TrainingSetup:
         return augment_batch(images.cpu(), self.train_transform).to(images.device, non_blocking=True)
 
     def mix(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        return mix_batch(x, targets, generator=self.generator, **of(self.values, "mix"))
+        return mix_batch(x, targets, generator=self.generator, **MIX.kwargs(self.values))
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.precision, self.device)
@@ -115,7 +111,7 @@ class TrainingSetup:
         self.optimizer.zero_grad(set_to_none=True)
         self._scaler.scale(loss).backward()
         self._scaler.unscale_(self.optimizer)
-        clip_gradients(self.model, self.values["clip.max_norm"])  # type: ignore[arg-type]
+        clip_gradients(self.model, **self._clip)  # type: ignore[arg-type]
         self._scaler.step(self.optimizer)
         self._scaler.update()
         self.scheduler.step()
@@ -126,11 +122,11 @@ class TrainingSetup:
 
     @property
     def prune_ratio(self) -> float:
-        return float(self.values["prune.ratio"])  # type: ignore[arg-type]
+        return float(self._prune["ratio"])  # type: ignore[arg-type]
 
     @property
     def finetune_epochs(self) -> int:
-        return int(self.values.get("prune.finetune_epochs") or 0) if self.prune_ratio > 0 else 0  # type: ignore[arg-type]
+        return int(self._prune.get("finetune_epochs") or 0) if self.prune_ratio > 0 else 0  # type: ignore[arg-type]
 
     def prune(self) -> None:
         """Zero the smallest weights globally; the mask holds while finetuning."""
@@ -151,17 +147,17 @@ def apply_tricks(values: Mapping[str, Value], model: nn.Module, *, num_classes: 
     if prepare:
         model = prepare_model(model, values)
     model = model.to(device)
-    optimizer = build_optimizer(model, **of(values, "optim"))
+    optimizer = build_optimizer(model, **OPTIM.kwargs(values))
     return TrainingSetup(
         model=model,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs,
-                                  **of(values, "schedule")),
+                                  **SCHEDULE.kwargs(values)),
         values=values,
         num_classes=num_classes,
         device=device,
-        precision=resolve_precision(str(values["precision.dtype"]), device),
-        train_transform=policy_transform(**of(values, "augment")),
-        early_stopper=EarlyStopper(patience=values["early_stop.patience"]),  # type: ignore[arg-type]
+        precision=resolve_precision(device=device, **PRECISION.kwargs(values)),  # type: ignore[arg-type]
+        train_transform=policy_transform(**AUGMENT.kwargs(values)),
+        early_stopper=EarlyStopper(**EARLY_STOP.kwargs(values)),  # type: ignore[arg-type]
         generator=torch.Generator().manual_seed(seed),
     )

@@ -9,6 +9,7 @@ written in one place only, as Optuna's FixedTrial is meant to be used.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class Param:
     `default` is the baseline: the trick off, or the model's own setting. `low`/`high` is the
     default search range; `bounds` what is allowed at all (defaults to the search range).
     `nullable` parameters take None for "off / leave the model's own value".
+    The kind is read once, here, to build the two domains that answer every other question.
     """
 
     name: str
@@ -61,55 +63,38 @@ class Param:
     nullable: bool = False
     when: When | None = None
 
-    @property
-    def allowed_range(self) -> tuple[float, float]:
-        assert self.low is not None and self.high is not None
-        return self.bounds or (self.low, self.high)
+    @functools.cached_property
+    def search(self) -> Domain:
+        """The default search domain: what `tricks: {name: search}` draws from."""
+        if self.kind != "choice" and self.kind != "bool":
+            assert self.low is not None and self.high is not None
+            return Range(self.low, self.high, log=self.log, integer=self.kind == "int")
+        return self.allowed
 
-    def describe_allowed(self) -> str:
-        if self.kind == "choice":
-            return "one of " + ", ".join(str(c) for c in self.choices)
-        if self.kind == "bool":
-            return "true or false"
-        lo, hi = self.allowed_range
-        kind = "an integer" if self.kind == "int" else "a number"
-        null = " or null" if self.nullable else ""
-        return f"{kind} in [{lo:g}, {hi:g}]{null}"
-
-    def default_domain(self) -> Domain:
+    @functools.cached_property
+    def allowed(self) -> Domain:
+        """Every value a search space, a recipe or --set may give (null aside)."""
         if self.kind == "choice":
             return Choice(self.choices)
         if self.kind == "bool":
             return Choice((False, True))
         assert self.low is not None and self.high is not None
-        return Range(self.low, self.high, log=self.log, integer=self.kind == "int")
+        low, high = self.bounds or (self.low, self.high)
+        return Range(low, high, integer=self.kind == "int")
+
+    def accepts_null(self) -> bool:
+        return self.nullable or self.allowed.contains(None)
+
+    def describe_allowed(self) -> str:
+        return self.allowed.describe() + (" or null" if self.nullable else "")
 
     def check(self, value: Any, where: str) -> Value:
-        """Return `value` coerced to this parameter's type, or raise a one-line ConfigError."""
-        bad = ConfigError(f"{where}: {value!r} is not allowed; expected {self.describe_allowed()}")
-        if value is None:
-            if self.nullable or (self.kind == "choice" and None in self.choices):
-                return None
-            raise bad
-        if self.kind == "choice":
-            if value not in self.choices or isinstance(value, bool) != any(
-                isinstance(c, bool) for c in self.choices if c == value
-            ):
-                raise bad
-            return value
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise bad
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad
-        if self.kind == "int" and not float(value).is_integer():
-            raise bad
-        lo, hi = self.allowed_range
-        if not math.isfinite(value) or not lo <= value <= hi:
-            raise bad
-        return int(value) if self.kind == "int" else float(value)
-
+        """Return `value` as this parameter's type, or raise a one-line ConfigError."""
+        if value is None and self.accepts_null():
+            return None
+        if value is None or not self.allowed.contains(value):
+            raise ConfigError(f"{where}: {value!r} is not allowed; expected {self.describe_allowed()}")
+        return self.allowed.coerce(value)
 
 class SuggestingTrial(Protocol):
     """The part of `optuna.Trial` that sampling uses; a `FixedTrial` also provides it."""
@@ -129,6 +114,18 @@ class Fixed:
     def suggest(self, trial: SuggestingTrial, key: str) -> Value:
         return self.value
 
+    def contains(self, value: Value) -> bool:
+        return _same(value, self.value)
+
+    def coerce(self, value: Value) -> Value:
+        return value
+
+    def describe(self) -> str:
+        return f"exactly {self.value!r}"
+
+    def __str__(self) -> str:
+        return value_text(self.value)
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -136,13 +133,30 @@ class Choice:
 
     options: tuple[Value, ...]
 
+    def __post_init__(self) -> None:
+        if not self.options:
+            raise ValueError("empty choice list")
+
     def suggest(self, trial: SuggestingTrial, key: str) -> Value:
         return trial.suggest_categorical(key, list(self.options))
+
+    def contains(self, value: Value) -> bool:
+        return any(_same(value, option) for option in self.options)
+
+    def coerce(self, value: Value) -> Value:
+        return value
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(value_text(o) for o in self.options)
+
+    def __str__(self) -> str:
+        return "{" + ", ".join(value_text(o) for o in self.options) + "}"
 
 
 @dataclass(frozen=True)
 class Range:
-    """A parameter drawn from [low, high], optionally on a log scale or in steps."""
+    """A parameter drawn from [low, high], optionally on a log scale or in steps. Checked when
+    made, as Optuna's distributions are: a bad range never reaches a sampler."""
 
     low: float
     high: float
@@ -150,15 +164,52 @@ class Range:
     integer: bool = False
     step: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) > high ({self.high:g}); a range needs low <= high")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low:g})")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step {self.step:g} must be a positive number")
+        if self.step is not None and self.log:
+            raise ValueError("a range cannot have both a step and log: true")
+
     def suggest(self, trial: SuggestingTrial, key: str) -> Value:
         if self.integer:
             return trial.suggest_int(key, int(self.low), int(self.high), step=int(self.step or 1),
                                      log=self.log)
         return trial.suggest_float(key, self.low, self.high, step=self.step, log=self.log)
 
+    def contains(self, value: Value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return False
+        return self.low <= value <= self.high and (not self.integer or float(value).is_integer())
+
+    def coerce(self, value: Value) -> Value:
+        return int(value) if self.integer else float(value)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        return f"{'an integer' if self.integer else 'a number'} in [{self.low:g}, {self.high:g}]"
+
+    def __str__(self) -> str:
+        return f"[{self.low:g}, {self.high:g}]" + (" log" if self.log else "")
+
 
 Domain = Fixed | Choice | Range
 
+
+def _same(value: Value, option: Value) -> bool:
+    """Equal and of the same kind: YAML's `true` is not the option 1, nor 1 the option true."""
+    return value == option and isinstance(value, bool) == isinstance(option, bool)
+
+
+def value_text(value: Value) -> str:
+    """A value as YAML writes it: null, true/false, numbers and names as they are."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 class FixedTrial:
     """Answers every `suggest_*` with a value given up front, as `optuna.trial.FixedTrial` does.
@@ -196,6 +247,20 @@ class Trick:
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
 
+    def key(self, param: str) -> str:
+        """The parameter's key in a flat set of values: "norm" + "groups" -> "norm.groups"."""
+        return f"{self.name}.{param}"
+
+    def kwargs(self, values: Mapping[str, Value]) -> dict[str, Value]:
+        """This trick's values, as keyword arguments of its function: {"norm.type": "group",
+        "optim.lr": 0.1} -> {"type": "group"} for the norm trick. A parameter that `values` does
+        not hold (a conditional one whose parent is off) is left out: the function's default holds."""
+        return {p.name: values[self.key(p.name)] for p in self.params if self.key(p.name) in values}
+
+    def defaults(self) -> dict[str, Value]:
+        """The baseline: every parameter at its default, conditional ones included."""
+        return {self.key(p.name): p.default for p in self.params}
+
 
 def suggest_values(tricks: Iterable[Trick], domains: Mapping[str, Domain],
                   trial: SuggestingTrial) -> dict[str, Value]:
@@ -206,8 +271,8 @@ def suggest_values(tricks: Iterable[Trick], domains: Mapping[str, Domain],
     values: dict[str, Value] = {}
     for trick in tricks:
         for param in trick.params:
-            if param.when is not None and not param.when.holds(values[f"{trick.name}.{param.when.param}"]):
+            if param.when is not None and not param.when.holds(values[trick.key(param.when.param)]):
                 continue
-            key = f"{trick.name}.{param.name}"
+            key = trick.key(param.name)
             values[key] = domains.get(key, Fixed(param.default)).suggest(trial, key)
     return values

@@ -65,6 +65,15 @@ class SearchSpace:
     batch_size: int = 64
     domains: Mapping[str, Domain] = field(default_factory=dict)
 
+    @property
+    def label(self) -> str:
+        """How to name the space to a person: its built-in name, else its path (relative to the
+        working folder when it lies below it)."""
+        path = Path(self.source)
+        if builtin_spaces().get(self.name) == path:
+            return self.name
+        return str(path.resolve().relative_to(Path.cwd())) if path.resolve().is_relative_to(Path.cwd()) else str(path)
+
     def suggest(self, trial: SuggestingTrial) -> dict[str, Value]:
         """Draw one trial's trick values define-by-run."""
         return suggest_values(TRICKS, self.domains, trial)
@@ -72,7 +81,7 @@ class SearchSpace:
     def baseline_domains(self, baseline: Mapping[str, Value]) -> dict[str, Domain]:
         """The domains that make the search's first trial the baseline: a baseline value inside a
         searched domain is still suggested (so Optuna learns from it), one outside it is fixed."""
-        return {key: Fixed(baseline[key]) if key in baseline and not _contains(domain, baseline[key]) else domain
+        return {key: Fixed(baseline[key]) if key in baseline and not domain.contains(baseline[key]) else domain
                 for key, domain in self.domains.items()}
 
     def with_budget(self, **changes: Any) -> SearchSpace:
@@ -105,16 +114,8 @@ def resolve_values(given: Mapping[str, Any], where: str) -> dict[str, Value]:
             raise ConfigError(f"{where}: unknown trick parameter '{key}'; expected {allowed}")
         checked[key] = params[key].check(value, f"{where}: {key}")
     values = {key: checked.get(key, p.default) for key, p in params.items()}
-    domains = {key: p.default_domain() for key, p in params.items()}
+    domains = {key: p.search for key, p in params.items()}
     return suggest_values(TRICKS, domains, FixedTrial(values))
-
-
-def _contains(domain: Domain, value: Value) -> bool:
-    if isinstance(domain, Fixed):
-        return domain.value == value
-    if isinstance(domain, Choice):
-        return value in domain.options
-    return isinstance(value, int | float) and not isinstance(value, bool) and domain.low <= value <= domain.high
 
 
 # --------------------------------------------------------------------------- loading
@@ -206,7 +207,7 @@ def _parse_tricks(raw: Mapping[str, Any], fail: Any) -> dict[str, Domain]:
     for trick_name, spec in raw.items():
         trick = BY_NAME[trick_name]
         if spec == SEARCH_ALL:
-            domains.update({f"{trick.name}.{p.name}": p.default_domain() for p in trick.params})
+            domains.update({trick.key(p.name): p.search for p in trick.params})
             continue
         if not isinstance(spec, Mapping):
             raise fail(f"tricks.{trick_name}", f"must be '{SEARCH_ALL}' or a mapping of its parameters: "
@@ -232,26 +233,22 @@ def parse_domain(param: Param, spec: Any, key: str, fail: Any) -> Domain:
         return Choice(tuple(check(v) for v in spec))
     if not isinstance(spec, Mapping):
         return Fixed(check(spec))
-    if param.kind not in ("float", "int"):
+    if not isinstance(param.allowed, Range):
         raise fail(key, f"a range needs a numeric parameter; {param.name} takes {param.describe_allowed()}")
     _no_unknown_keys(spec, ("low", "high", "log", "step"), key, fail)
     if "low" not in spec or "high" not in spec:
         raise fail(key, "a range needs both low and high")
     low, high = check(spec["low"]), check(spec["high"])
-    assert isinstance(low, int | float) and isinstance(high, int | float)
-    if low > high:
-        raise fail(key, f"low ({low:g}) > high ({high:g}); a range needs low <= high")
     log = spec.get("log", False)
     if not isinstance(log, bool):
         raise fail(f"{key}.log", f"{log!r} must be true or false")
-    if log and low <= 0:
-        raise fail(key, f"a log range needs low > 0 (got {low:g})")
     step = spec.get("step")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int | float) or step <= 0):
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int | float)):
         raise fail(f"{key}.step", f"{step!r} must be a positive number")
-    if step is not None and log:
-        raise fail(key, "a range cannot have both a step and log: true")
-    return Range(float(low), float(high), log=log, integer=param.kind == "int", step=step)
+    try:
+        return Range(float(low), float(high), log=log, integer=param.allowed.integer, step=step)  # type: ignore[arg-type]
+    except ValueError as exc:  # the range checks itself: low <= high, log needs low > 0, ...
+        raise fail(key, str(exc)) from None
 
 
 def describe_space(space: SearchSpace) -> str:

@@ -1,13 +1,14 @@
 """Search spaces: every shipped space loads; every bad space fails with one line naming the
 file, the key and the rule; sampling is define-by-run (a conditional parameter only under its parent)."""
 
+import re
 from pathlib import Path
 
 import optuna
 import pytest
 
 from autotrick.errors import ConfigError
-from autotrick.params import Fixed, FixedTrial, Range
+from autotrick.params import Choice, Fixed, Range
 from autotrick.space import baseline_values, builtin_spaces, load_space, resolve_values
 from autotrick.tricks import TRICKS, all_params, defaults
 
@@ -108,10 +109,30 @@ def test_resolve_values_rejects_unknown_and_out_of_range() -> None:
         resolve_values({"smoothing.eps": 2}, "--set")
 
 
-def test_every_param_validates_its_own_default_and_domain() -> None:
+def test_every_param_validates_its_own_default_and_its_search_domain_lies_inside_what_it_allows() -> None:
     for key, param in all_params().items():
         assert param.check(param.default, key) == param.default
-        domain = param.default_domain()
-        values = FixedTrial({key: param.default})
-        assert domain is not None and values.values[key] == param.default
+        search = param.search
+        inside = (search.low, search.high) if isinstance(search, Range) else search.options
+        assert all(param.allowed.contains(value) for value in inside), key
     assert len(TRICKS) >= 12
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: Range(2.0, 1.0), "low (2) > high (1)"),
+    (lambda: Range(0.0, 1.0, log=True), "a log range needs low > 0"),
+    (lambda: Range(0.0, 1.0, step=-1), "step -1 must be a positive number"),
+    (lambda: Range(1.0, 2.0, step=0.5, log=True), "both a step and log"),
+    (lambda: Choice(()), "empty choice list"),
+])
+def test_domains_check_themselves_when_made(make: object, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()  # type: ignore[operator]
+
+
+def test_domains_answer_whether_they_contain_a_value() -> None:
+    assert Range(0, 3, integer=True).contains(2) and not Range(0, 3, integer=True).contains(2.5)
+    assert not Range(0, 1).contains(True) and not Range(0, 1).contains(float("nan"))
+    assert Choice((1, 2)).contains(1) and not Choice((1, 2)).contains(True)  # YAML's true is not 1
+    assert Choice((False, True)).contains(False) and not Choice((False, True)).contains(0)
+    assert Fixed("group").contains("group") and not Fixed("group").contains("batch")

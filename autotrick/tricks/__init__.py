@@ -4,7 +4,7 @@ The CLI (`autotrick tricks`), the search-space validator, recipes and the tests 
 from `TRICKS`; each trick's module holds its formula and how it applies.
 """
 
-from autotrick.params import Param, Trick
+from autotrick.params import Param, Trick, Value
 from autotrick.tricks.augment import AUGMENT
 from autotrick.tricks.clipping import CLIP
 from autotrick.tricks.dropout import DROPOUT
@@ -25,12 +25,12 @@ BY_NAME: dict[str, Trick] = {t.name: t for t in TRICKS}
 
 def all_params() -> dict[str, Param]:
     """Every parameter by its dotted key, e.g. "norm.groups"."""
-    return {f"{t.name}.{p.name}": p for t in TRICKS for p in t.params}
+    return {t.key(p.name): p for t in TRICKS for p in t.params}
 
 
-def defaults() -> dict[str, object]:
+def defaults() -> dict[str, Value]:
     """The baseline: every parameter at its default (conditional ones included)."""
-    return {key: p.default for key, p in all_params().items()}
+    return {key: value for t in TRICKS for key, value in t.defaults().items()}
 
 
 __all__ = ["BY_NAME", "TRICKS", "all_params", "defaults"]
