@@ -6,7 +6,8 @@
     # setup.model, .optimizer, .scheduler, .targets, .mix, .loss, .step, .prune ... (see autotrick.apply)
 """
 
-from autotrick.recipe import Recipe, load_recipe
+from autotrick.recipe import Recipe
+from autotrick.tracking import load_recipe
 
 __version__ = "0.1.0"
 __all__ = ["Recipe", "__version__", "load_recipe"]

@@ -32,6 +32,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def run_exit_handlers() -> None:
+    """What a normal exit runs after the threads: the atexit handlers (logging's flush, MLflow's
+    and Ray's own). Python has no public call for it; `atexit._run_exitfuncs` is the one the
+    interpreter itself uses at exit (CPython since 3.0). tests/test_cli_errors.py fails if it goes."""
+    atexit._run_exitfuncs()
+
+
 def run() -> None:
     """The `autotrick` command. It exits without finalizing the interpreter: after a search,
     tearing down torch, Ray's core library and MLflow takes ~3 s that nobody needs, and by then
@@ -45,7 +52,7 @@ def run() -> None:
     for thread in threading.enumerate():  # what a normal exit would wait for
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
-    atexit._run_exitfuncs()
+    run_exit_handlers()
     if not isinstance(code, int):  # sys.exit("message"), as the interpreter would do it
         print(code, file=sys.stderr)
         code = 1 if code is not None else 0

@@ -11,9 +11,10 @@ from typing import Any
 
 import click
 
+from autotrick.atomic import write_text_atomically
 from autotrick.errors import ConfigError
-from autotrick.params import Param
-from autotrick.records import TrialRecord
+from autotrick.recipe import Recipe
+from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord, better
 from autotrick.trainer import EpochReport, TrainConfig, run_trial
 
 
@@ -25,17 +26,8 @@ def list_tricks() -> None:
         for p in trick.params:
             key, default = f"{trick.name}.{p.name}", "null" if p.default is None else str(p.default)
             when = f"  (when {p.when})" if p.when else ""
-            click.echo(f"  {key:<26} default {default:<9} search {_range(p)}{when}")
+            click.echo(f"  {key:<26} default {default:<9} search {p.search}{when}")
             click.echo(f"  {'':<26} {p.help}")
-
-
-def _range(param: Param) -> str:
-    if param.kind == "choice":
-        return "{" + ", ".join(str(c) for c in param.choices) + "}"
-    if param.kind == "bool":
-        return "{false, true}"
-    scale = " log" if param.log else ""
-    return f"[{param.low:g}, {param.high:g}]{scale}"
 
 
 def list_spaces() -> None:
@@ -60,7 +52,7 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
     given: dict[str, Any] = {}
     settings: dict[str, Any] = {}
     if recipe_ref:
-        from autotrick.recipe import load_recipe
+        from autotrick.tracking import load_recipe
 
         recipe = load_recipe(recipe_ref)
         given.update(recipe.tricks)
@@ -84,15 +76,21 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
     summary = (f"{result.outcome}: val_accuracy {result.val_accuracy:.4f}  val_loss {result.val_loss:.4f}  "
                f"epochs {result.epochs_run}  training {result.train_seconds:.2f}s "
                f"(with setup {time.perf_counter() - started:.2f}s)")
-    if result.sparsity is not None:
-        summary += f"  sparsity {result.sparsity:.3f}  nonzero params {result.nonzero_params:,}"
+    if result.measurements:
+        summary += "  " + _measured(result.measurements)
     click.echo(summary + (f"  ({result.reason})" if result.reason else ""))
-    if result.outcome in ("diverged", "oom", "failed"):
+    if result.outcome.failed:
         raise SystemExit(1)
 
 
 def _short(values: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+
+
+def _measured(measurements: Mapping[str, float]) -> str:
+    """sparsity 0.6  nonzero_params 34,522: counts in full, shares to 4 digits."""
+    return "  ".join(f"{key} {value:,.0f}" if float(value).is_integer() and abs(value) >= 1000 else f"{key} {value:.4g}"
+                     for key, value in measurements.items())
 
 
 def _fmt(value: Any) -> str:
@@ -184,94 +182,67 @@ def check_model_and_data(model: str, data: str, data_dir: str | None) -> None:
 
 def run_search_command(request: SearchRequest) -> int:
     """Validate, search, print one line per trial and a summary, write the recipe; the exit code."""
-    from autotrick.records import SearchInfo
     from autotrick.search import run_search
     from autotrick.tracking import SearchTracker
 
     options, output = prepare_search(request)
-    budget = options.space.budget
-    info = SearchInfo(name=options.name, space=options.space.source, model=options.train.model,
-                      data=options.train.data, metric=budget.metric, mode=budget.mode, trials=budget.trials,
-                      max_epochs=budget.max_epochs, batch_size=options.space.batch_size, seed=options.train.seed,
-                      device=options.train.device, versions=versions())
+    info = options.info(versions())
     tracker = SearchTracker(info, tracking_uri=request.tracking_uri, resume=request.resume)
-    progress = _ProgressPrinter(budget.trials, budget.metric, budget.mode)
-    click.echo(f"search '{options.name}': {options.space.name} space, {options.train.model} on "
-               f"{options.train.data}, {budget.trials} trials x up to {budget.max_epochs} epochs, "
-               f"{budget.metric} ({budget.mode})" + ("; resuming" if request.resume else ""))
+    progress = _ProgressPrinter(info)
+    click.echo(f"search '{info.name}': {options.space.name} space, {info.model} on {info.data}, "
+               f"{info.trials} trials x up to {info.max_epochs} epochs, {info.metric} ({info.mode})"
+               + ("; resuming" if request.resume else ""))
 
     def on_record(record: TrialRecord) -> None:
         progress(record)
         tracker.trial_finished(record)
 
-    recipe: list[Any] = []  # filled while Ray is still up
+    def before_shutdown(result: SearchResult) -> None:
+        """The recipe, and MLflow's last writes queued while Ray is still up (not waited for)."""
+        recipe = Recipe.from_search(result, mlflow_run_id=tracker.parent_run_id)
+        if recipe is not None:
+            recipe.write(output)
+        model = _best_model(options, result.best) if request.register and recipe else None
+        if request.register and recipe and model is None:
+            click.echo(f"warning: --register {request.register}: trial {result.best.number}'s weights were "  # type: ignore[union-attr]
+                       "not saved; nothing registered", err=True)
+        tracker.search_finished(result, recipe, model=model, register_name=request.register)
 
-    def before_shutdown(result: Any) -> None:
-        recipe.append(_record_best(result, options, tracker, request))
-
-    result = run_search(options, on_record, before_shutdown)
+    result = run_search(options, info, on_record, before_shutdown)
     waited = time.perf_counter()
     tracker.close()
     result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time
     result.timings["logging_cpu_s"] = tracker.logging_seconds
-    if recipe[0] is not None:
-        recipe[0].write(output)
-    click.echo(_summary(result, result.best, result.baseline, budget, output if recipe[0] else None, tracker))
+    click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id))
     if result.interrupted:
-        click.echo(f"interrupted after {len(result.records)} of {result.requested} trials: resume with "
-                   f"`autotrick search --name {options.name} --resume`", err=True)
+        click.echo(f"interrupted after {len(result.records)} of {info.trials} trials: resume with "
+                   f"`autotrick search --name {info.name} --resume`", err=True)
         return 130
     return 0 if result.best is not None else 1
 
 
-def _record_best(result: Any, options: Any, tracker: Any, request: SearchRequest) -> Any:
-    """The best recipe, and everything MLflow gets at the end of a search (queued, not waited for)."""
-    from autotrick.recipe import Recipe
-
-    budget = options.space.budget
-    best, baseline = result.best, result.baseline
-    recipe = None
-    if best is not None and not result.interrupted:
-        recipe = Recipe(tricks=dict(best.values), training={
-            "model": options.train.model, "data": options.train.data, "epochs": budget.max_epochs,
-            "batch_size": options.space.batch_size, "seed": options.train.seed,
-            "precision": best.values.get("precision.dtype", "fp32"),
-            "threads": options.threads_per_trial},
-            provenance={"metric": budget.metric, "value": best.metric,
-                        "baseline": baseline.metric if baseline else None, "search": options.name,
-                        "space": options.space.name, "trial": best.number, "versions": versions(),
-                        "mlflow_run_id": tracker.parent_run_id})
-    registered = _best_model(options, best) if request.register and recipe else None
-    if request.register and recipe and registered is None:
-        click.echo(f"warning: --register {request.register}: trial {best.number}'s weights were not saved; "
-                   "nothing registered", err=True)
-    tracker.search_finished(records=result.records, best=best, baseline=baseline,
-                            recipe_yaml=recipe.to_yaml() if recipe else None, study=result.study,
-                            interrupted=result.interrupted, registered_model=registered,
-                            register_name=request.register)
-    return recipe
-
-
-def _summary(result: Any, best: TrialRecord | None, baseline: TrialRecord | None, budget: Any,
-             output: Path | None, tracker: Any) -> str:
-    failed = sum(1 for r in result.records if not r.successful and r.outcome != "stopped_early")
-    stopped = sum(1 for r in result.records if r.outcome == "stopped_early")
+def _summary(result: SearchResult, output: Path | None, parent_run_id: str | None) -> str:
+    failed = sum(1 for r in result.records if r.outcome.failed)
+    stopped = result.count(Outcome.ASHA_STOPPED)
     lines = [f"{len(result.records)} trials ({stopped} stopped early by ASHA, {failed} failed) in "
              f"{result.timings.get('total_s', 0):.1f}s",
              "time: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" if k.endswith("_s") else f"{k} {v:.2f}"
                                   for k, v in result.timings.items())]
-    if best is None:
+    best, baseline, metric = result.best, result.baseline, result.info.metric
+    if best is None or best.metric is None:
         lines.append("no trial succeeded: no recipe written")
         return "\n".join(lines)
     gain = ""
     if baseline is not None and baseline.metric is not None:
         gain = f" vs baseline {baseline.metric:.4f} ({best.metric - baseline.metric:+.4f})"
-    lines.append(f"best {budget.metric} {best.metric:.4f} (trial {best.number}){gain}")
+    lines.append(f"best {metric} {best.metric:.4f} (trial {best.number}){gain}")
     lines.append(f"best tricks: {_short(_changed(best.values)) or 'none: the baseline won'}")
+    if best.measurements:
+        lines.append("best measured: " + _measured(best.measurements))
     if output is not None:
         lines.append(f"recipe written to {output}; re-run it with `autotrick train --recipe {output}`")
-    if tracker.parent_run_id:
-        lines.append(f"MLflow run {tracker.parent_run_id} (see it with `autotrick ui`)")
+    if parent_run_id:
+        lines.append(f"MLflow run {parent_run_id} (see it with `autotrick ui`)")
     return "\n".join(lines)
 
 
@@ -300,14 +271,12 @@ def _best_model(options: Any, best: TrialRecord | None) -> Any:
 class _ProgressPrinter:
     """One line per finished trial: its number, metric, epochs, outcome, best so far, its tricks."""
 
-    def __init__(self, trials: int, metric: str, mode: str) -> None:
-        self.trials, self.metric, self.mode = trials, metric, mode
+    def __init__(self, info: SearchInfo) -> None:
+        self.trials, self.metric, self.mode = info.trials, info.metric, info.mode
         self.done = 0
         self.best: float | None = None
 
     def __call__(self, record: TrialRecord) -> None:
-        from autotrick.records import better
-
         self.done += 1
         if record.successful and better(record.metric, self.best, self.mode):  # type: ignore[arg-type]
             self.best = record.metric
@@ -316,7 +285,7 @@ class _ProgressPrinter:
         tricks = "baseline (no tricks)" if record.baseline else _short(_changed(record.values))
         why = f" ({record.reason})" if record.reason and not record.successful else ""
         click.echo(f"trial {self.done:>3}/{self.trials}  #{record.number:<3} {self.metric} {metric}  "
-                   f"{record.epochs:>3} ep  {record.outcome:<13} best {best}  {tricks}{why}")
+                   f"{record.epochs:>3} ep  {record.outcome:<16} best {best}  {tricks}{why}")
 
 
 def _changed(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -351,13 +320,13 @@ def export_recipe(*, search_name: str | None, run_id: str | None, output: str, t
         raise ConfigError(f"--output {output}: the folder {Path(output).parent} does not exist")
     text = export_recipe_text(search_name=search_name, run_id=run_id, tracking_uri=tracking_uri)
     parse_recipe(text, search_name or run_id or "")  # never write a recipe that would not load
-    Path(output).write_text(text)
+    write_text_atomically(output, text)
     click.echo(f"recipe written to {output}")
 
 
 def show_recipe(ref: str, *, tracking_uri: str | None) -> None:
     """The recipe as a table: each trick parameter that differs from the baseline, then the rest."""
-    from autotrick.recipe import load_recipe
+    from autotrick.tracking import load_recipe
     from autotrick.tricks import defaults
 
     recipe = load_recipe(ref, tracking_uri=tracking_uri)

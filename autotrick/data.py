@@ -1,8 +1,8 @@
-"""Data sets, materialized once as uint8 tensors, and the basic augmentation done on batches.
+"""Data sets, materialized once as uint8 tensors.
 
 A trainer keeps `ImageData`'s tensors on its device and slices batches from them: no DataLoader,
-no per-image PIL work on the hot path. Normalization and the basic crop and flip are batched
-tensor ops that run wherever the batch is.
+no per-image PIL work on the hot path (the batched crop, flip and normalization are in
+autotrick.augment.basic).
 
 Specs for `load_data`:
   digits                  scikit-learn's 8x8 digits (ships inside sklearn; the default)
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from autotrick.entrypoints import (
     is_callable_spec,
     load_callable,
 )
-from autotrick.errors import ConfigError, DataError
+from autotrick.errors import ConfigError, DataError, first_line
 
 DIGITS_TRAIN = 1437  # of 1797: the reference benchmark's split, kept identical
 IMAGEFOLDER_SIZE = 32
@@ -71,6 +70,7 @@ class ImageData:
 class _OnDisk:
     """A torchvision data set read from data_dir: where it lives and how to augment it."""
 
+    dataset: str  # the torchvision.datasets class that reads it
     folder: str  # what must exist under data_dir
     what: str  # what to put there, for the error message
     crop_padding: int
@@ -78,15 +78,15 @@ class _OnDisk:
 
 
 _ON_DISK: dict[str, _OnDisk] = {
-    "cifar10": _OnDisk("cifar-10-batches-py", "the extracted cifar-10-batches-py/ folder (from "
+    "cifar10": _OnDisk("CIFAR10", "cifar-10-batches-py", "the extracted cifar-10-batches-py/ folder (from "
                        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz)", 4, True),
-    "cifar100": _OnDisk("cifar-100-python", "the extracted cifar-100-python/ folder (from "
+    "cifar100": _OnDisk("CIFAR100", "cifar-100-python", "the extracted cifar-100-python/ folder (from "
                         "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz)", 4, True),
     # Flipping changes what a digit is; clothes are left-right symmetric enough to flip.
-    "mnist": _OnDisk("MNIST", "MNIST/raw/ with the four unzipped idx files (train-images-idx3-ubyte, "
+    "mnist": _OnDisk("MNIST", "MNIST", "MNIST/raw/ with the four unzipped idx files (train-images-idx3-ubyte, "
                      "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte from "
                      "https://ossci-datasets.s3.amazonaws.com/mnist/)", 2, False),
-    "fashion_mnist": _OnDisk("FashionMNIST", "FashionMNIST/raw/ with the four unzipped idx files "
+    "fashion_mnist": _OnDisk("FashionMNIST", "FashionMNIST", "FashionMNIST/raw/ with the four unzipped idx files "
                              "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
                              "t10k-labels-idx1-ubyte from http://fashion-mnist.s3-website.eu-central-1"
                              ".amazonaws.com/)", 2, True),
@@ -131,57 +131,6 @@ def _load(spec: str, root: str | None, image_size: int | None) -> ImageData:
     raise ConfigError(f"unknown data set '{spec}'; {EXPECTED}")
 
 
-# --- tensors on any device -------------------------------------------------------------------
-
-
-def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 images (N, C, H, W) or (C, H, W) -> float32 (x/255 - mean) / std, per channel."""
-    shift, scale = _affine(tuple(mean), tuple(std), x.device)
-    return torch.addcmul(shift, x.float(), scale)  # one fused pass: shift + x * scale
-
-
-@functools.lru_cache(maxsize=16)
-def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
-    # Made once per device: building them every batch would copy host to GPU (and sync) each time.
-    m = torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float64).view(-1, 1, 1)
-    return (-m / s).float().to(device), (1.0 / (255.0 * s)).float().to(device)
-
-
-def basic_augment(x: Tensor, *, crop_padding: int, flip: bool, generator: torch.Generator) -> Tensor:
-    """Random crop with zero padding and random horizontal flip, each image its own draw.
-
-    x: uint8 (N, C, H, W) on any device; `generator` is a CPU generator, so runs are
-    reproducible whatever the device. Vectorized: crop and flip together are one gather of
-    per-image pixel indices into the padded batch. Returns x itself when there is nothing to do.
-    """
-    if crop_padding < 0:
-        raise ConfigError(f"crop padding {crop_padding} must be >= 0")
-    if crop_padding == 0 and not flip:
-        return x
-    n, c, h, w = x.shape
-    p = crop_padding
-    # Per image: window offsets into the padded image (0..2p, so p means "not shifted") and
-    # whether to mirror. Only these 3 numbers per image cross to the device.
-    draws = torch.randint(0, 2 * p + 1, (n, 3), generator=generator)
-    draws[:, 2] = (torch.rand(n, generator=generator) < 0.5) if flip else 0
-    dy, dx, flipped = _to_device(draws, x.device).unbind(1)
-    rows = dy.unsqueeze(1) + torch.arange(h, device=x.device)
-    cols = dx.unsqueeze(1) + torch.arange(w, device=x.device)
-    cols = torch.where(flipped.unsqueeze(1).bool(), cols.flip(1), cols)  # the window read right to left
-    # Flat (row, col) indices into each padded image: one gather is ~3x faster than a gather
-    # of rows then one of columns.
-    index = (rows.unsqueeze(2) * (w + 2 * p) + cols.unsqueeze(1)).view(n, 1, h * w)
-    padded = F.pad(x, (p, p, p, p)) if p else x
-    return padded.reshape(n, c, -1).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
-
-
-def _to_device(t: Tensor, device: torch.device) -> Tensor:
-    if device.type == "cuda":  # from pinned memory the copy is asynchronous: no stall every batch
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
 # --- built-in data sets ----------------------------------------------------------------------
 
 
@@ -222,14 +171,13 @@ def _on_disk(name: str, root: str | None) -> ImageData:
     if not (Path(root) / info.folder).is_dir():
         raise DataError(f"{name}: no data under {root}: put {info.what} in {root}, or pass --data-dir; "
                         "autotrick never downloads")
-    cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "mnist": datasets.MNIST,
-           "fashion_mnist": datasets.FashionMNIST}[name]
+    cls = getattr(datasets, info.dataset)
     try:
         train, val = (cls(root, train=split, download=False) for split in (True, False))
     except Exception as error:  # only reading files happens here: any failure is unreadable data
         # torchvision checks file presence (and checksums for CIFAR) and says to download.
-        raise DataError(f"{name}: cannot read {Path(root) / info.folder}: {type(error).__name__}: "
-                        f"{' '.join(str(error).split())}; put {info.what} there") from error
+        raise DataError(f"{name}: cannot read {Path(root) / info.folder}: {first_line(error)}; "
+                        f"put {info.what} there") from error
     splits = [_as_nchw(ds.data) for ds in (train, val)]  # straight from the arrays, no PIL
     labels = [torch.as_tensor(ds.targets, dtype=torch.int64) for ds in (train, val)]
     return _image_data(name, splits[0], labels[0], splits[1], labels[1], crop_padding=info.crop_padding,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autotrick.errors import ConfigError
+from autotrick.errors import ConfigError, first_line
 
 FORMS = "module:function or path/file.py:function"
 
@@ -34,11 +34,6 @@ def absolute_spec(spec: str) -> str:
     if is_callable_spec(spec) and target.endswith(".py"):
         return f"{Path(target).expanduser().resolve()}:{function}"
     return spec
-
-
-def _one_line(error: BaseException) -> str:
-    message = " ".join(str(error).split())
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def _import_file(path: Path) -> Any:
@@ -77,7 +72,7 @@ def load_callable(spec: str, what: str) -> Callable[..., Any]:
     try:
         module = _import_file(Path(target)) if is_file else importlib.import_module(target)
     except Exception as error:
-        raise ConfigError(f"{what} '{spec}': cannot import {target}: {_one_line(error)}") from error
+        raise ConfigError(f"{what} '{spec}': cannot import {target}: {first_line(error)}") from error
     fn = getattr(module, function, None)
     if not callable(fn):
         raise ConfigError(f"{what} '{spec}': {target} has no function '{function}'")

@@ -11,3 +11,10 @@ class ConfigError(AutotrickError):
 
 class DataError(AutotrickError):
     """A data set that cannot be found or read where the user said it would be."""
+
+
+def first_line(error: BaseException) -> str:
+    """`Type: first line of the message`, whitespace folded: how an exception is told in one line."""
+    lines = str(error).strip().splitlines()
+    message = " ".join(lines[0].split()) if lines else ""
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from autotrick.entrypoints import FORMS, accepted_kwargs, check_callable_with, is_callable_spec, load_callable
-from autotrick.errors import ConfigError
+from autotrick.errors import ConfigError, first_line
 
 MODELS: tuple[str, ...] = ("mlp", "cnn", "resnet18")
 EXPECTED = ("expected mlp, cnn, resnet18, a torchvision model name (see torchvision.models.list_models()) "
@@ -109,9 +109,8 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int,
     try:
         model = torchvision.models.get_model(name, **kwargs)
     except Exception as error:  # e.g. vit: "Input shape indivisible by patch size!"
-        message = " ".join(str(error).split())
         raise ConfigError(f"model '{name}' cannot be built for {in_channels}x{image_size[0]}x{image_size[1]} "
-                          f"images: {type(error).__name__}: {message}") from error
+                          f"images: {first_line(error)}") from error
     if in_channels != 3:
         _adapt_first_conv(model, name, in_channels)
     return model

@@ -8,7 +8,9 @@ API re-apply to a user's own model and loop.
     provenance: {metric: val_accuracy, value: 0.986, baseline: 0.972, search: quick, trial: 7,
                  mlflow_run_id: ..., versions: {...}}
 
-Loaded from a file, from runs:/<run_id>/recipe.yaml or from models:/NAME@champion (tracking.py).
+`autotrick.load_recipe` reads one from a file, from runs:/<run_id>/recipe.yaml or from models:/NAME@champion
+(the MLflow references are resolved by autotrick.tracking, which imports this module, never the
+other way round).
 """
 
 from __future__ import annotations
@@ -16,12 +18,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from autotrick.atomic import write_text_atomically
 from autotrick.errors import ConfigError
 from autotrick.params import Value
+from autotrick.records import SearchResult
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from autotrick.apply import TrainingSetup
 
 SCHEMA_VERSION = 1
 RECIPE_FILE = "recipe.yaml"
@@ -30,9 +39,34 @@ _TRAINING_KEYS = ("model", "data", "epochs", "batch_size", "seed", "precision", 
 
 @dataclass
 class Recipe:
+    """The tricks that won a search, the training settings they won under, and where they came from.
+
+    `tricks` is flat ({"norm.type": "group", "optim.lr": 0.08, ...}) and complete: every parameter
+    of every registered trick, at the winner's value or the baseline's. Apply it to your own model
+    with `apply`, or re-train it with `autotrick train --recipe FILE`.
+    """
+
     tricks: dict[str, Value]                      # flat: {"norm.type": "group", ...}
     training: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_search(cls, result: SearchResult, *, mlflow_run_id: str | None = None) -> Recipe | None:
+        """The best trial of a complete search as a recipe; None when the search has none to give
+        (interrupted, or no trial succeeded)."""
+        best = result.best
+        if not result.complete or best is None:
+            return None
+        info, baseline = result.info, result.baseline
+        provenance: dict[str, Any] = {
+            "metric": info.metric, "value": best.metric, "baseline": baseline.metric if baseline else None,
+            "search": info.name, "space": info.space, "trial": best.number, "versions": dict(info.versions),
+            "mlflow_run_id": mlflow_run_id}
+        if best.measurements:
+            provenance["measured"] = dict(best.measurements)
+        return cls(tricks=dict(best.values), provenance=provenance, training={
+            "model": info.model, "data": info.data, "epochs": info.max_epochs, "batch_size": info.batch_size,
+            "seed": info.seed, "precision": best.values.get("precision.dtype", "fp32"), "threads": info.threads})
 
     def to_yaml(self) -> str:
         nested: dict[str, dict[str, Value]] = {}
@@ -44,14 +78,14 @@ class Recipe:
         return yaml.safe_dump(document, sort_keys=False)
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(self.to_yaml())
-        return path
+        """Write the YAML to `path` atomically: a kill leaves the old file or the new one."""
+        return write_text_atomically(path, self.to_yaml())
 
-    def apply(self, model: Any, *, num_classes: int, steps_per_epoch: int, epochs: int | None = None,
-              device: str = "cpu", seed: int | None = None) -> Any:
+    def apply(self, model: nn.Module, *, num_classes: int, steps_per_epoch: int, epochs: int | None = None,
+              device: str = "cpu", seed: int | None = None) -> TrainingSetup:
         """Apply the model-side tricks to `model` and build the optimizer, per-step schedule,
-        loss, transforms and pruning step for a training loop: see autotrick.apply.TrainingSetup."""
+        loss, augmentation and pruning step for a training loop: returns an
+        autotrick.apply.TrainingSetup (see examples/own_loop.py)."""
         from autotrick.apply import apply_tricks
 
         return apply_tricks(self.tricks, model, num_classes=num_classes, steps_per_epoch=steps_per_epoch,
@@ -114,16 +148,14 @@ def _check_training(key: str, value: Any, source: str) -> None:
             raise ConfigError(f"{where} is not allowed; expected one of {', '.join(map(str, choices))}")
 
 
-def load_recipe(ref: str | Path, *, tracking_uri: str | None = None) -> Recipe:
-    """A recipe from a file, runs:/<run_id>/recipe.yaml or models:/NAME@alias (MLflow at
-    `tracking_uri`, default the local sqlite store)."""
-    ref = str(ref)
-    if ref.startswith(("runs:/", "models:/")):
-        from autotrick.tracking import fetch_recipe_text
-
-        return parse_recipe(fetch_recipe_text(ref, tracking_uri), ref)
-    path = Path(ref)
+def read_recipe_file(path: str | Path) -> Recipe:
+    """A recipe from a YAML file (autotrick.load_recipe also takes runs:/ and models:/ references)."""
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe {ref}: no such file; expected a recipe .yaml, runs:/RUN_ID/{RECIPE_FILE} "
+        raise ConfigError(f"recipe {path}: no such file; expected a recipe .yaml, runs:/RUN_ID/{RECIPE_FILE} "
                           "or models:/NAME@champion")
-    return parse_recipe(path.read_text(), ref)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe {path}: not a text file; expected a recipe .yaml") from None
+    return parse_recipe(text, str(path))

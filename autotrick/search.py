@@ -6,8 +6,9 @@ What is added to the glue a user writes by hand, and why:
 - warm workers: actors are reused between trials (`reuse_actors`) and each worker process imports
   torch and loads the data set once, in a setup hook, instead of once per trial;
 - the Optuna study lives in a journal file beside the search, and every trial is told to it with
-  its outcome (a NaN or a failure is FAIL, an ASHA stop is PRUNED: plain OptunaSearch leaves a NaN
-  trial RUNNING), so an interrupted search resumes from it without losing or repeating trials;
+  its outcome through Optuna's ask-and-tell interface (a NaN or a failure is FAIL, an ASHA stop is
+  PRUNED: Ray's OptunaSearch leaves a NaN trial RUNNING), so an interrupted search resumes from it
+  without losing or repeating trials;
 - the first trial is the baseline (every trick off), so each search says what its tricks gained;
 - an interrupted `fit()` returns normally: the trial count is checked, not trusted.
 """
@@ -20,7 +21,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,11 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
-from autotrick.errors import ConfigError
+from autotrick.errors import ConfigError, first_line
 from autotrick.params import Fixed, Value, suggest_values
-from autotrick.records import SUCCESSFUL, TrialRecord, best_of, better
+from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
 from autotrick.space import SearchSpace, baseline_values
 from autotrick.trainer import EpochReport, TrainConfig
 from autotrick.tricks import TRICKS
@@ -54,10 +55,8 @@ logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERRO
 
 TRIAL_KEY = "autotrick.trial"        # config keys that are not trick values
 BASELINE_KEY = "autotrick.baseline"
-INTERRUPTED = "interrupted"          # a trial cut off by Ctrl-C, a kill or the time budget
 REQUEUED_FROM = "autotrick.requeued_from"
 RECORD = "autotrick.record"          # a trial's TrialRecord, kept as a user attribute of the trial
-FAILED = ("diverged", "oom", "failed")
 EPOCH_METRICS = tuple(k for k in EpochReport.__dataclass_fields__ if k != "outcome")
 _PRELOAD_ENV = "AUTOTRICK_PRELOAD"   # "data|data_dir" for the worker setup hook
 
@@ -83,23 +82,13 @@ class SearchOptions:
         """torch's CPU threads in each trial: its whole CPUs."""
         return max(1, int(self.cpus_per_trial))
 
-
-@dataclass
-class SearchResult:
-    records: list[TrialRecord]         # every trial of the search, earlier sessions included
-    requested: int
-    mode: str                          # "max" or "min"
-    interrupted: bool
-    study: optuna.Study
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def best(self) -> TrialRecord | None:
-        return best_of(self.records, self.mode)
-
-    @property
-    def baseline(self) -> TrialRecord | None:
-        return next((r for r in self.records if r.baseline and r.successful), None)
+    def info(self, versions: dict[str, str]) -> SearchInfo:
+        """The search as MLflow's parent run and the recipe's provenance describe it."""
+        budget = self.space.budget
+        return SearchInfo(name=self.name, space=self.space.label, model=self.train.model, data=self.train.data,
+                          metric=budget.metric, mode=budget.mode, trials=budget.trials,
+                          max_epochs=budget.max_epochs, batch_size=self.space.batch_size, seed=self.train.seed,
+                          device=self.train.device, threads=self.threads_per_trial, versions=versions)
 
 
 def saved_model_path(state_dir: Path, number: int) -> Path:
@@ -127,11 +116,11 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
     included, is reported as a result, so the driver records it with its reason."""
     from autotrick.trainer import run_trial
 
-    values = {k: v for k, v in config.items() if k not in (TRIAL_KEY, BASELINE_KEY)}
+    values = _trick_values(config)
     worst = 0.0 if metric == "val_accuracy" else 1e9
 
     def report(epoch: EpochReport) -> None:
-        metrics = {**epoch.metrics(), "outcome": epoch.outcome or ""}
+        metrics = {**epoch.metrics(), "outcome": epoch.outcome.value if epoch.outcome else ""}
         if not math.isfinite(metrics[metric]):
             metrics[metric] = worst  # ASHA compares this number: a NaN would poison its rungs
         tune.report(metrics)
@@ -140,13 +129,17 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
     try:
         result = run_trial(values, train, report, on_trained=save)
     except Exception as exc:  # recorded as a failed trial; the search goes on
-        tune.report({metric: worst, "outcome": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]})
+        tune.report({metric: worst, "outcome": Outcome.FAILED.value, "reason": first_line(exc)[:500]})
         return
-    if result.reason or result.sparsity is not None:
+    if result.reason or result.measurements:
+        # What the last epoch's report could not carry: the reason, and what pruning measured.
         tune.report({metric: result.val_accuracy if metric == "val_accuracy" else result.val_loss,
-                     "outcome": result.outcome, "reason": result.reason, "sparsity": result.sparsity or 0.0,
-                     "nonzero_params": result.nonzero_params or 0, "epoch": result.epochs_run,
+                     "outcome": result.outcome.value, "reason": result.reason, "epoch": result.epochs_run,
+                     **{f"{_MEASURED}{key}": value for key, value in result.measurements.items()},
                      "final": 1})
+
+
+_MEASURED = "measured."  # the prefix of a final report's measurements
 
 
 def _save_model(path: Path, model: Any) -> None:
@@ -181,59 +174,67 @@ class _ASHA(ASHAScheduler):
     """ASHA that never stops the baseline (it is the reference every search is measured against)
     and remembers which trials it stopped, so they are told apart from interrupted ones."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.stopped_early: set[str] = set()
+    def __init__(self, *, max_t: int, **kwargs: Any) -> None:
+        super().__init__(max_t=max_t, **kwargs)
+        self.max_epochs = max_t
+        self.stopped: set[str] = set()
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and result.get("training_iteration", 0) < self._max_t:
+        if decision == TrialScheduler.STOP and result.get("training_iteration", 0) < self.max_epochs:
             if trial.config.get(BASELINE_KEY) or result.get("outcome"):
                 return TrialScheduler.CONTINUE
-            self.stopped_early.add(trial.trial_id)
+            self.stopped.add(trial.trial_id)
         return decision
 
 
-def _outcome(result: dict[str, Any] | None, *, error: bool, stopped_early: bool) -> str:
+def _outcome(result: dict[str, Any], *, error: bool, stopped_by_asha: bool) -> Outcome:
     if error:
-        return "failed"
-    if result and result.get("outcome"):
-        return str(result["outcome"])
-    return "stopped_early" if stopped_early else INTERRUPTED
+        return Outcome.FAILED
+    if result.get("outcome"):
+        return Outcome.parse(str(result["outcome"]))
+    return Outcome.ASHA_STOPPED if stopped_by_asha else Outcome.INTERRUPTED
 
 
-class _TrickSearcher(OptunaSearch):
-    """OptunaSearch over the define-by-run space that tells Optuna every outcome and keeps each
-    trial's record in the study (user attributes), which is what resuming reads back."""
+class _TrickSearcher(Searcher):
+    """Ray Tune's searcher over Optuna's ask-and-tell interface: Optuna's TPE samples each trial's
+    tricks define-by-run, and every outcome is told back to Optuna (a NaN or a failure as FAIL, an
+    ASHA stop as PRUNED: Ray's OptunaSearch leaves a NaN trial RUNNING). Each trial's record is
+    kept in the study (a user attribute), which is what a resumed search reads back. Everything
+    here goes through Optuna's and Ray's public interfaces."""
 
     def __init__(self, space: SearchSpace, *, study_name: str, storage: optuna.storages.BaseStorage,
                  seed: int, scheduler: _ASHA) -> None:
+        super().__init__(metric=space.budget.metric, mode=space.budget.mode)
         self._define = _DefineByRun(space)
         self._scheduler = scheduler
-        self._metric_name = space.budget.metric
-        # A resumed study re-seeds the sampler past the trials it has, so it does not redraw them.
         existing = _existing_trials(storage, study_name)
+        # A resumed study re-seeds the sampler past the trials it has, so it does not redraw them.
         sampler = optuna.samplers.TPESampler(seed=seed + existing, constant_liar=True, n_startup_trials=8)
-        super().__init__(space=self._define, metric=space.budget.metric, mode=space.budget.mode,
-                         sampler=sampler, study_name=study_name, storage=storage)
+        direction = "maximize" if space.budget.mode == "max" else "minimize"
+        self.study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+                                         direction=direction, load_if_exists=True)
+        self._trials: dict[str, optuna.Trial] = {}   # Ray's trial id -> the Optuna trial it runs
         self._configs: dict[str, dict[str, Any]] = {}  # every value drawn, fixed ones included
         self._history: dict[str, list[dict[str, float]]] = {}
         self.finished: dict[str, TrialRecord] = {}  # for the progress callback, which runs after
         if existing == 0:
-            self._ot_study.enqueue_trial(self._define.baseline_params(), user_attrs={BASELINE_KEY: True})
+            self.study.enqueue_trial(self._define.baseline_params(), user_attrs={BASELINE_KEY: True})
         else:
-            requeue_interrupted(self._ot_study)
+            requeue_interrupted(self.study)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any],
+                              **spec: Any) -> bool:
+        return True  # the metric, the mode and the space were given to the constructor
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        config = super().suggest(trial_id)
-        if config is not None:
-            self._configs[trial_id] = config
+        trial = self.study.ask()  # an enqueued trial (the baseline, a re-queued one) comes first
+        config = self._define(trial)
+        self._trials[trial_id], self._configs[trial_id] = trial, config
         return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         self._remember_epoch(trial_id, result)
-        if not result.get("final"):
-            super().on_trial_result(trial_id, result)
 
     def _remember_epoch(self, trial_id: str, result: dict[str, Any]) -> None:
         # Ray hands the result that made ASHA stop a trial to on_trial_complete only, and a
@@ -245,29 +246,36 @@ class _TrickSearcher(OptunaSearch):
             history.append({k: float(result[k]) for k in EPOCH_METRICS if isinstance(result.get(k), int | float)})
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials:
+        trial = self._trials.pop(trial_id, None)
+        if trial is None:  # told twice
             return
-        ot_trial = self._ot_trials[trial_id]
         result = result or {}
         self._remember_epoch(trial_id, result)
-        outcome = _outcome(result, error=error, stopped_early=trial_id in self._scheduler.stopped_early)
-        value = result.get(self._metric_name)
+        outcome = _outcome(result, error=error, stopped_by_asha=trial_id in self._scheduler.stopped)
+        value = result.get(self.metric)
         finite = isinstance(value, int | float) and math.isfinite(value)
         config = self._configs.pop(trial_id, {})
         record = TrialRecord(
-            number=ot_trial.number, values=_trick_values(config), outcome=outcome,
-            metric=float(value) if finite and outcome not in FAILED else None,
+            number=trial.number, values=_trick_values(config), outcome=outcome,
+            metric=float(value) if finite and not outcome.failed else None,
             epochs=int(result.get("epoch", 0) or 0), history=self._history.pop(trial_id, []),
-            reason=str(result.get("reason", "")), baseline=bool(config.get(BASELINE_KEY)))
-        ot_trial.set_user_attr(RECORD, asdict(record))  # the study is what a resumed search reads back
-        if outcome in SUCCESSFUL and finite:
-            self._ot_study.tell(ot_trial, value, state=optuna.trial.TrialState.COMPLETE)
-        elif outcome == "stopped_early" and finite:
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+            reason=str(result.get("reason", "")), baseline=bool(config.get(BASELINE_KEY)),
+            measurements={key.removeprefix(_MEASURED): float(v) for key, v in result.items()
+                          if key.startswith(_MEASURED)})
+        trial.set_user_attr(RECORD, record.to_dict())  # the study is what a resumed search reads back
+        if outcome.successful and finite:
+            self.study.tell(trial, value, state=optuna.trial.TrialState.COMPLETE)
+        elif outcome is Outcome.ASHA_STOPPED and finite:
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:  # diverged, oom, failed, interrupted: FAIL, never left RUNNING
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-        self._completed_trials.add(trial_id)
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         self.finished[trial_id] = record
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing for Ray's experiment checkpoint: the state lives in the Optuna journal."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """See `save`: a resumed search reads the Optuna journal instead."""
 
 
 def _trick_values(config: dict[str, Any]) -> dict[str, Value]:
@@ -281,20 +289,28 @@ def _existing_trials(storage: optuna.storages.BaseStorage, study_name: str) -> i
         return 0
 
 
+def _was_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Cut off: left RUNNING by a kill, or FAIL without a record of its own (told FAIL by an
+    earlier resume) or with a record saying it was interrupted (Ctrl-C, a signal, the time budget)."""
+    if trial.state == optuna.trial.TrialState.RUNNING:
+        return True
+    record = trial.user_attrs.get(RECORD)
+    return trial.state == optuna.trial.TrialState.FAIL and (
+        record is None or Outcome.parse(record["outcome"]) is Outcome.INTERRUPTED)
+
+
 def requeue_interrupted(study: optuna.Study) -> int:
-    """Trials cut off by an earlier session (left RUNNING by a kill, or told interrupted after a
-    Ctrl-C): enqueue their parameters again, once, so the sampler's choice is not lost and
-    nothing runs twice. A finished trial cannot be changed, so the new trial names the old one."""
+    """Trials cut off by an earlier session: enqueue their parameters again, once, so the sampler's
+    choice is not lost and nothing runs twice. A trial left RUNNING is told FAIL first (a finished
+    trial cannot be changed, so the new trial names the old one). Returns how many were re-queued."""
     trials = study.get_trials(deepcopy=False)
     requeued_already = {t.user_attrs.get(REQUEUED_FROM) for t in trials}
     count = 0
     for trial in trials:
-        left_running = trial.state == optuna.trial.TrialState.RUNNING
-        if not (left_running or trial.user_attrs.get("outcome") == INTERRUPTED):
+        if not _was_interrupted(trial):
             continue
-        if left_running:
-            study._storage.set_trial_user_attr(trial._trial_id, "outcome", INTERRUPTED)
-            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         if trial.number in requeued_already:
             continue
         study.enqueue_trial(trial.params, user_attrs={REQUEUED_FROM: trial.number,
@@ -305,9 +321,9 @@ def requeue_interrupted(study: optuna.Study) -> int:
 
 def records_from_study(study: optuna.Study) -> list[TrialRecord]:
     """Every trial the study holds (this session's and earlier ones'), interrupted ones left out."""
-    records = [TrialRecord(**trial.user_attrs[RECORD]) for trial in study.get_trials(deepcopy=False)
+    records = [TrialRecord.from_dict(trial.user_attrs[RECORD]) for trial in study.get_trials(deepcopy=False)
                if RECORD in trial.user_attrs]
-    return [r for r in records if r.outcome != INTERRUPTED]
+    return [r for r in records if r.outcome is not Outcome.INTERRUPTED]
 
 
 class _Progress(tune.Callback):
@@ -335,16 +351,16 @@ class _Progress(tune.Callback):
     def _hand_on(self, trial: Trial) -> None:
         record = self.searcher.finished.pop(trial.trial_id, None)
         started = self.started.pop(trial.trial_id, None)
-        if record is None or record.outcome == INTERRUPTED:
+        if record is None or record.outcome is Outcome.INTERRUPTED:
             return
         record.seconds = time.perf_counter() - started if started else 0.0
-        if record.outcome == "failed" and not record.reason:
+        if record.outcome is Outcome.FAILED and not record.reason:
             record.reason = _error_text(trial)  # the worker died: Ray holds the error
         self.on_record(record)
 
 
 def _error_text(trial: Trial) -> str:
-    error = trial.get_pickled_error() if hasattr(trial, "get_pickled_error") else None
+    error = trial.get_pickled_error()
     text = str(error) if error else "the trial's worker failed"
     return " ".join(text.split())[:500]
 
@@ -372,7 +388,7 @@ def _concurrency(options: SearchOptions) -> int:
     return max(1, slots)
 
 
-def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
+def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[TrialRecord], None],
                before_shutdown: Callable[[SearchResult], None] | None = None) -> SearchResult:
     """Run (or resume) the search until the study holds `trials` finished trials.
 
@@ -393,15 +409,15 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
                           grace_period=budget.grace_epochs, reduction_factor=4)
         searcher = _TrickSearcher(options.space, study_name=options.name, storage=storage,
                                   seed=options.train.seed, scheduler=scheduler)
-        remaining = budget.trials - len(records_from_study(searcher._ot_study))
+        remaining = budget.trials - len(records_from_study(searcher.study))
         if remaining > 0:
             fit_started = time.perf_counter()
             _fit(options, searcher, scheduler, remaining, on_record)
             timings["trials_s"] = time.perf_counter() - fit_started
-        records = records_from_study(searcher._ot_study)
+        records = records_from_study(searcher.study)
         timings.update(_trial_time(records, _concurrency(options), timings.get("trials_s", 0.0)))
-        result = SearchResult(records=records, requested=budget.trials, mode=budget.mode,
-                              interrupted=len(records) < budget.trials, study=searcher._ot_study, timings=timings)
+        result = SearchResult(info=info, records=records, interrupted=len(records) < budget.trials,
+                              study=searcher.study, timings=timings)
         if before_shutdown is not None:
             before_shutdown(result)
     finally:
@@ -460,4 +476,4 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     tuner.fit()
 
 
-__all__ = ["SearchOptions", "SearchResult", "better", "records_from_study", "run_search"]
+__all__ = ["SearchOptions", "records_from_study", "requeue_interrupted", "run_search"]

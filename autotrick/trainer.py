@@ -3,7 +3,7 @@ and report after every epoch through a callback. Imports neither Ray nor MLflow.
 
 The data set is kept on the device as uint8 tensors and sliced into batches (no DataLoader): for
 data that fits in memory this is what makes small trials fast, on the CPU and on a GPU.
-A non-finite loss ends the trial as "diverged"; running out of memory ends it as "oom".
+A non-finite loss ends the trial as diverged; running out of memory ends it as oom (records.Outcome).
 """
 
 from __future__ import annotations
@@ -12,18 +12,17 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from autotrick.apply import TrainingSetup, apply_tricks
-from autotrick.data import ImageData, basic_augment, load_data, normalize
+from autotrick.augment import basic_augment, normalize
+from autotrick.data import ImageData, load_data
+from autotrick.errors import first_line
 from autotrick.models import build_model
 from autotrick.params import Value
-from autotrick.records import SUCCESSFUL
-
-OUTCOMES = ("finished", "early_stopped", "diverged", "oom", "failed")
+from autotrick.records import Outcome
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class EpochReport:
     seconds: float
     images_per_s: float
     setup_seconds: float = 0.0  # the trial's set-up before its first epoch: data, model, tricks
-    outcome: str | None = None  # set on the trial's last report only
+    outcome: Outcome | None = None  # set on the trial's last report only
 
     def metrics(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items() if k != "outcome"}
@@ -58,14 +57,15 @@ class EpochReport:
 
 @dataclass
 class TrialResult:
-    outcome: str
+    """One training run: how it ended, its last metrics, its curves and what it measured."""
+
+    outcome: Outcome
     epochs_run: int
     val_accuracy: float
     val_loss: float
     history: list[EpochReport] = field(default_factory=list)
     reason: str = ""
-    sparsity: float | None = None
-    nonzero_params: int | None = None
+    measurements: dict[str, float] = field(default_factory=dict)  # e.g. sparsity after pruning
     train_seconds: float = 0.0
 
 
@@ -96,8 +96,8 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
     try:
         result = loop.run(report or (lambda _: None))
     except torch.OutOfMemoryError as exc:
-        result = TrialResult("oom", len(loop.history), math.nan, math.nan, loop.history,
-                             reason=str(exc).splitlines()[0])
+        result = TrialResult(Outcome.OOM, len(loop.history), math.nan, math.nan, loop.history,
+                             reason=first_line(exc))
     return result
 
 
@@ -117,16 +117,16 @@ class _Loop:
             epoch_report = self._epoch(epoch)
             last = epoch == self.config.epochs or setup.early_stopper.update(epoch_report.val_accuracy)
             if not math.isfinite(epoch_report.train_loss):
-                return self._end(epoch_report, "diverged", report, started,
+                return self._end(epoch_report, Outcome.DIVERGED, report, started,
                                  reason=f"non-finite training loss in epoch {epoch}")
             if last:
-                outcome = "finished" if epoch == self.config.epochs else "early_stopped"
+                outcome = Outcome.FINISHED if epoch == self.config.epochs else Outcome.PATIENCE_STOPPED
                 return self._finish(epoch_report, outcome, report, started)
             self.history.append(epoch_report)
             report(epoch_report)
         raise AssertionError("unreachable: the last epoch returns")
 
-    def _finish(self, last: EpochReport, outcome: str, report: Report, started: float) -> TrialResult:
+    def _finish(self, last: EpochReport, outcome: Outcome, report: Report, started: float) -> TrialResult:
         """Pruning happens after training: prune, finetune with the mask held, make it permanent."""
         if self.setup.prune_ratio <= 0:
             return self._end(last, outcome, report, started)
@@ -134,21 +134,22 @@ class _Loop:
         for i in range(self.setup.finetune_epochs):
             last = self._epoch(last.epoch)  # finetune epochs are not new epochs of the budget
             if not math.isfinite(last.train_loss):
-                return self._end(last, "diverged", report, started, reason=f"non-finite loss in finetune {i + 1}")
+                return self._end(last, Outcome.DIVERGED, report, started,
+                                 reason=f"non-finite loss in finetune {i + 1}")
         sparsity = self.setup.finish_pruning()
         last.val_loss, last.val_accuracy = self._evaluate()
-        return self._end(last, outcome, report, started, sparsity=sparsity.sparsity,
-                         nonzero_params=sparsity.nonzero_params)
+        return self._end(last, outcome, report, started, measurements={
+            "sparsity": sparsity.sparsity, "nonzero_params": sparsity.nonzero_params})
 
-    def _end(self, last: EpochReport, outcome: str, report: Report, started: float, *, reason: str = "",
-             **extra: Any) -> TrialResult:
+    def _end(self, last: EpochReport, outcome: Outcome, report: Report, started: float, *, reason: str = "",
+             measurements: dict[str, float] | None = None) -> TrialResult:
         last.outcome = outcome
         self.history.append(last)
-        if self.on_trained is not None and outcome in SUCCESSFUL:
+        if self.on_trained is not None and outcome.successful:
             self.on_trained(self.setup.model)
         report(last)
         return TrialResult(outcome, last.epoch, last.val_accuracy, last.val_loss, self.history, reason=reason,
-                           train_seconds=time.perf_counter() - started, **extra)
+                           measurements=measurements or {}, train_seconds=time.perf_counter() - started)
 
     def _epoch(self, epoch: int) -> EpochReport:
         setup, data, device = self.setup, self.data, self.setup.device

@@ -97,3 +97,17 @@ def test_no_traceback_from_the_real_console_script(in_empty_dir: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "autotrick: error: --set: norm.type: 'batchy' is not allowed; expected one of keep, batch, group, "
         "layer, instance, none"]
+
+
+def test_the_quick_exit_still_runs_the_atexit_handlers(tmp_path: Path) -> None:
+    """`autotrick` skips the interpreter's teardown (os._exit) but runs the atexit handlers through
+    the one private call it makes, atexit._run_exitfuncs: this fails if Python drops or changes it."""
+    marker = tmp_path / "ran"
+    script = (f"import atexit, pathlib, sys\n"
+              f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('yes'))\n"
+              "from autotrick.cli import run\n"
+              "sys.argv = ['autotrick', '--version']\n"
+              "run()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text() == "yes"

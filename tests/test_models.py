@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autotrick.data import load_data, normalize
+from autotrick.augment import normalize
+from autotrick.data import load_data
 from autotrick.errors import ConfigError
 from autotrick.models import MODELS, build_model
 

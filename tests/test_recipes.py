@@ -21,10 +21,10 @@ from torch import nn
 
 from autotrick.cli import main
 from autotrick.commands import SearchRequest, run_search_command
-from autotrick.recipe import Recipe, load_recipe, parse_recipe
+from autotrick.recipe import Recipe, parse_recipe
 from autotrick.records import TrialRecord
 from autotrick.search import records_from_study
-from autotrick.tracking import TAG_BEST_RUN, TAG_PARENT, TAG_ROLE, TAG_TRIAL
+from autotrick.tracking import TAG_BEST_RUN, TAG_PARENT, TAG_ROLE, TAG_TRIAL, load_recipe
 from autotrick.tricks.init import WEIGHT_LAYERS
 from autotrick.tricks.schedule import lr_factor
 
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 NAME, MODEL_NAME = "tracked", "digits-cnn"
 TRIALS, MAX_EPOCHS = 4, 4
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "own_loop.py"
-SUMMARY = re.compile(r"^(finished|early_stopped): val_accuracy (\d\.\d+)", re.MULTILINE)
+SUMMARY = re.compile(r"^(finished|patience_stopped): val_accuracy (\d\.\d+)", re.MULTILINE)
 EPOCH_LINE = re.compile(r"^epoch +(\d+) .* val_acc (\d\.\d+) ", re.MULTILINE)
 
 

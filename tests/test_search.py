@@ -14,8 +14,8 @@ import optuna
 import pytest
 
 from autotrick.commands import SearchRequest, run_search_command
-from autotrick.recipe import load_recipe
 from autotrick.search import records_from_study
+from autotrick.tracking import load_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,10 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from autotrick.augment import normalize
 from autotrick.commands import SearchRequest, run_search_command
-from autotrick.data import load_data, normalize
-from autotrick.records import TRIAL_OUTCOMES, TrialRecord
+from autotrick.data import load_data
+from autotrick.records import Outcome, TrialRecord
 from autotrick.search import records_from_study
 from autotrick.space import load_space
 from autotrick.tracking import (
@@ -46,11 +47,12 @@ QUICK = load_space("quick")
 GRACE_EPOCHS = min(QUICK.budget.grace_epochs, MAX_EPOCHS)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # How each outcome is told to Optuna (search.py) and how its run ends in MLflow (tracking.py).
-STATE = {"finished": optuna.trial.TrialState.COMPLETE, "early_stopped": optuna.trial.TrialState.COMPLETE,
-         "stopped_early": optuna.trial.TrialState.PRUNED, "diverged": optuna.trial.TrialState.FAIL,
-         "oom": optuna.trial.TrialState.FAIL, "failed": optuna.trial.TrialState.FAIL}
-RUN_STATUS = {"finished": "FINISHED", "early_stopped": "FINISHED", "stopped_early": "FINISHED",
-              "diverged": "FAILED", "oom": "FAILED", "failed": "FAILED"}
+STATE = {Outcome.FINISHED: optuna.trial.TrialState.COMPLETE,
+         Outcome.PATIENCE_STOPPED: optuna.trial.TrialState.COMPLETE,
+         Outcome.ASHA_STOPPED: optuna.trial.TrialState.PRUNED, Outcome.DIVERGED: optuna.trial.TrialState.FAIL,
+         Outcome.OOM: optuna.trial.TrialState.FAIL, Outcome.FAILED: optuna.trial.TrialState.FAIL}
+RUN_STATUS = {Outcome.FINISHED: "FINISHED", Outcome.PATIENCE_STOPPED: "FINISHED", Outcome.ASHA_STOPPED: "FINISHED",
+              Outcome.DIVERGED: "FAILED", Outcome.OOM: "FAILED", Outcome.FAILED: "FAILED"}
 
 
 @dataclass
@@ -122,7 +124,7 @@ def test_one_parent_run_describes_the_search(tracked: Tracked) -> None:
     assert parent.info.run_name == NAME and parent.info.status == "FINISHED"
     assert parent.data.tags[TAG_SEARCH] == NAME
     params = parent.data.params
-    assert Path(params["space"]).name == "quick.yaml"
+    assert params["space"] == "quick"  # a built-in space by its name, not its path
     assert {k: params[k] for k in ("name", "model", "data", "metric", "mode", "device")} == {
         "name": NAME, "model": "cnn", "data": "digits", "metric": "val_accuracy", "mode": "max", "device": "cpu"}
     assert (params["trials"], params["max_epochs"], params["batch_size"], params["seed"]) == (
@@ -165,8 +167,8 @@ def test_outcomes_agree_with_the_optuna_study(tracked: Tracked) -> None:
     trials = {trial.number: trial for trial in tracked.study.trials}
     assert sorted(trials) == list(range(TRIALS))
     for number, run in tracked.children.items():
-        outcome, record, trial = run.data.tags[TAG_OUTCOME], tracked.records[number], trials[number]
-        assert outcome in TRIAL_OUTCOMES and outcome == record.outcome
+        outcome, record, trial = Outcome(run.data.tags[TAG_OUTCOME]), tracked.records[number], trials[number]
+        assert outcome == record.outcome
         assert trial.state == STATE[outcome], (number, outcome, trial.state)
         assert run.info.status == RUN_STATUS[outcome]
         assert {key: text(value) for key, value in trial.params.items()} == {
@@ -175,7 +177,7 @@ def test_outcomes_agree_with_the_optuna_study(tracked: Tracked) -> None:
             assert trial.value == pytest.approx(run.data.metrics["final_val_accuracy"])
         if outcome == "finished":
             assert record.epochs == MAX_EPOCHS
-        elif outcome == "stopped_early":  # by ASHA, at a rung: never before the grace period
+        elif outcome == "asha_stopped":  # by ASHA, at a rung: never before the grace period
             assert GRACE_EPOCHS <= record.epochs < MAX_EPOCHS
     assert tracked.records[0].outcome == "finished"  # ASHA never stops the baseline
 
@@ -188,7 +190,7 @@ def test_the_parent_holds_the_gain_and_names_the_best_child(tracked: Tracked) ->
     assert metrics["gain_val_accuracy"] == pytest.approx(gain)
     assert metrics["best_val_accuracy"] == pytest.approx(tracked.study.best_value)
     finals = {n: run.data.metrics["final_val_accuracy"] for n, run in tracked.children.items()
-              if run.data.tags[TAG_OUTCOME] in ("finished", "early_stopped")}
+              if Outcome(run.data.tags[TAG_OUTCOME]).successful}
     assert metrics["best_val_accuracy"] == pytest.approx(max(finals.values()))
     best_id = tracked.parent.data.tags[TAG_BEST_RUN]
     tagged = [run.info.run_id for run in tracked.children.values() if run.data.tags.get(TAG_BEST) == "true"]

@@ -20,8 +20,8 @@ from mlflow.entities import Run
 from torch import nn
 
 from autotrick.errors import ConfigError
-from autotrick.recipe import Recipe, load_recipe
-from autotrick.records import SearchInfo, TrialRecord, best_of
+from autotrick.recipe import Recipe
+from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord, best_of
 from autotrick.space import baseline_values
 from autotrick.tracking import (
     CHAMPION,
@@ -33,6 +33,7 @@ from autotrick.tracking import (
     SearchTracker,
     export_recipe_text,
     fetch_recipe_text,
+    load_recipe,
 )
 
 NAME = "unit-search"
@@ -40,7 +41,8 @@ MODEL_NAME = "unit-digits"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CURVES = ("train_loss", "val_loss", "val_accuracy", "lr", "seconds", "images_per_s")
 # Trial 1 onwards take their outcome in this order; the baseline (trial 0) finishes.
-OUTCOMES = ("finished", "stopped_early", "diverged", "failed", "finished", "early_stopped")
+OUTCOMES = tuple(Outcome.parse(name) for name in (  # the two stopped ones by their names before the rename
+    "finished", "stopped_early", "diverged", "failed", "finished", "early_stopped"))
 LONG_EPOCHS = 180  # 180 epochs x 6 curves: past MLflow's 1000 metrics per log_batch call
 
 
@@ -86,14 +88,16 @@ def make_records(study: optuna.Study) -> list[TrialRecord]:
             records.append(TrialRecord(number, values, outcome, None, 2, curves, reason))
         else:
             epochs = 2 if outcome == "stopped_early" else 4
+            # The patience-stopped trial was also pruned: what it measured goes to its run.
+            measured = {"sparsity": 0.5, "nonzero_params": 1234.0} if outcome is Outcome.PATIENCE_STOPPED else {}
             records.append(TrialRecord(number, values, outcome, trial.value, epochs,
-                                       history(epochs, trial.value), seconds=3.0))
+                                       history(epochs, trial.value), seconds=3.0, measurements=measured))
     return records
 
 
-def recipe_for(best: TrialRecord) -> str:
+def recipe_for(best: TrialRecord) -> Recipe:
     return Recipe(tricks=dict(best.values), training={"model": "cnn", "data": "digits", "epochs": 4},
-                  provenance={"metric": "val_accuracy", "value": best.metric, "search": NAME}).to_yaml()
+                  provenance={"metric": "val_accuracy", "value": best.metric, "search": NAME})
 
 
 def children(client: MlflowClient, run: Run) -> dict[int, Run]:
@@ -152,13 +156,13 @@ def logged(empty_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Logge
     for record in records:
         tracker.trial_finished(record)
     recipe = recipe_for(best)
-    tracker.search_finished(records=records, best=best, baseline=records[0], recipe_yaml=recipe, study=study,
-                            interrupted=False, registered_model=model, register_name=MODEL_NAME,
-                            example_input=example)
+    result = SearchResult(info=search_info(), records=records, interrupted=False, study=study)
+    assert result.best is best and result.baseline is records[0]
+    tracker.search_finished(result, recipe, model=model, register_name=MODEL_NAME, example_input=example)
     close_cleanly(tracker)
     client = MlflowClient(uri)
     parent = client.get_run(tracker.parent_run_id)
-    return Logged(uri, client, tracker, parent, children(client, parent), records, best, recipe, model,
+    return Logged(uri, client, tracker, parent, children(client, parent), records, best, recipe.to_yaml(), model,
                   example)
 
 
@@ -189,11 +193,14 @@ def test_one_child_per_trial_with_params_curves_and_outcomes(logged: Logged) -> 
         for curve in CURVES:
             points = logged.client.get_metric_history(run.info.run_id, curve)
             assert sorted(p.step for p in points) == list(range(1, record.epochs + 1))
+        for key, value in record.measurements.items():
+            assert run.data.metrics[key] == pytest.approx(value)
         if record.metric is None:
             assert "final_val_accuracy" not in run.data.metrics
         else:
             assert run.data.metrics["final_val_accuracy"] == pytest.approx(record.metric)
     assert math.isnan(logged.client.get_metric_history(logged.children[3].info.run_id, "val_loss")[-1].value)
+    assert any(record.measurements for record in logged.records)
 
 
 def test_best_child_is_tagged_and_both_runs_hold_the_recipe(logged: Logged) -> None:
@@ -296,8 +303,8 @@ def test_resume_keeps_one_child_per_trial_and_kills_orphans(empty_store: Path, t
 
     resumed = SearchTracker(search_info(), tracking_uri=uri, resume=True)
     resumed.trial_finished(third)  # the orphan's trial, run again
-    resumed.search_finished(records=[first, changed, third], best=changed, baseline=None, recipe_yaml=None,
-                            study=None, interrupted=True)
+    resumed.search_finished(SearchResult(info=search_info(), records=[first, changed, third], interrupted=True),
+                            None)
     close_cleanly(resumed)
     after = children(client, parent)
     assert after[3].info.run_id != orphan.info.run_id and after[3].info.status == "FAILED"

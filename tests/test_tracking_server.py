@@ -19,8 +19,7 @@ from mlflow import MlflowClient
 
 from autotrick.cli import main
 from autotrick.commands import SearchRequest, run_search_command
-from autotrick.recipe import load_recipe
-from autotrick.tracking import TAG_BEST_RUN, TAG_PARENT, TAG_ROLE, TAG_TRIAL
+from autotrick.tracking import TAG_BEST_RUN, TAG_PARENT, TAG_ROLE, TAG_TRIAL, load_recipe
 
 pytestmark = pytest.mark.slow
 

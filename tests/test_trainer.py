@@ -61,15 +61,15 @@ def test_pruning_reports_the_measured_sparsity() -> None:
     result = run_trial(resolve_values({"prune.ratio": 0.6, "prune.finetune_epochs": 1}, "test"), FAST,
                        on_trained=trained.append)
     assert len(trained) == 1
-    assert result.sparsity == pytest.approx(0.6, abs=0.01)
-    assert result.nonzero_params < sum(p.numel() for p in trained[0].parameters())
+    assert result.measurements["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert result.measurements["nonzero_params"] < sum(p.numel() for p in trained[0].parameters())
     assert result.val_accuracy > 0.5
 
 
 def test_early_stopping_ends_before_the_budget() -> None:
     result, reports = train({"early_stop.patience": 1, "optim.lr": 1e-7}, TrainConfig(epochs=10, threads=1))
-    assert result.outcome == "early_stopped" and result.epochs_run < 10
-    assert reports[-1].outcome == "early_stopped"
+    assert result.outcome == "patience_stopped" and result.epochs_run < 10
+    assert reports[-1].outcome == "patience_stopped"
 
 
 def test_warmup_is_stepped_every_iteration() -> None:

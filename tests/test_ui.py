@@ -25,7 +25,8 @@ from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from autotrick.records import SearchInfo, TrialRecord
+from autotrick.recipe import Recipe
+from autotrick.records import SearchInfo, SearchResult, TrialRecord
 from autotrick.tracking import TAG_BEST_RUN, SearchTracker, serve_ui, ui_url
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -48,13 +49,13 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A small search logged in a fresh store: (tracking URI, best run's name)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('ui') / 'mlflow.db'}"
     records = [trial(0, 0.90, "keep"), trial(1, 0.95, "group"), trial(2, 0.93, "batch")]
-    tracker = SearchTracker(SearchInfo(name=NAME, space="quick", model="cnn", data="digits",
-                                       metric="val_accuracy", mode="max", trials=3, max_epochs=3,
-                                       batch_size=64, seed=0, device="cpu"), tracking_uri=uri)
+    info = SearchInfo(name=NAME, space="quick", model="cnn", data="digits", metric="val_accuracy", mode="max",
+                      trials=3, max_epochs=3, batch_size=64, seed=0, device="cpu")
+    tracker = SearchTracker(info, tracking_uri=uri)
     for record in records:
         tracker.trial_finished(record)
-    tracker.search_finished(records=records, best=records[1], baseline=records[0],
-                            recipe_yaml="autotrick_recipe: 1\n", study=None, interrupted=False)
+    result = SearchResult(info=info, records=records, interrupted=False)
+    tracker.search_finished(result, Recipe(tricks=dict(records[1].values)))
     tracker.close(timeout=120)
     best_id = MlflowClient(uri).get_run(tracker.parent_run_id).data.tags[TAG_BEST_RUN]
     return uri, MlflowClient(uri).get_run(best_id).info.run_name

@@ -1,0 +1,33 @@
+"""MLflow, and only here: a search as a parent run with one child run per trial, its plots, the
+recipe and, on request, the best model in the registry; reading recipes back; the UI.
+
+One private module per job, re-exported here (as optuna.pruners does):
+_store (where the store is, tags, queries), _writer (the background writer the search talks to),
+_runs (the runs themselves), _plots, _read (recipes back from runs:/ and models:/), _ui.
+"""
+
+from autotrick.tracking._read import export_recipe_text, fetch_recipe_text, load_recipe
+from autotrick.tracking._store import (
+    CHAMPION,
+    DEFAULT_TRACKING_URI,
+    TAG_BASELINE,
+    TAG_BEST,
+    TAG_BEST_RUN,
+    TAG_IMPORTANCE,
+    TAG_NOTE,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_REASON,
+    TAG_ROLE,
+    TAG_SEARCH,
+    TAG_TRIAL,
+)
+from autotrick.tracking._ui import serve_ui, ui_url
+from autotrick.tracking._writer import SearchTracker
+
+__all__ = [
+    "CHAMPION", "DEFAULT_TRACKING_URI", "TAG_BASELINE", "TAG_BEST", "TAG_BEST_RUN",
+    "TAG_IMPORTANCE", "TAG_NOTE", "TAG_OUTCOME", "TAG_PARENT", "TAG_REASON", "TAG_ROLE", "TAG_SEARCH",
+    "TAG_TRIAL", "SearchTracker", "export_recipe_text", "fetch_recipe_text", "load_recipe", "serve_ui",
+    "ui_url",
+]

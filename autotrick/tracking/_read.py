@@ -1,0 +1,116 @@
+"""Reading back from MLflow: a recipe from runs:/ or models:/ (or a file), a search's best recipe."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autotrick.errors import ConfigError
+from autotrick.recipe import RECIPE_FILE, Recipe, parse_recipe, read_recipe_file
+from autotrick.tracking._store import (
+    CHAMPION,
+    DEFAULT_TRACKING_URI,
+    latest_parent,
+    open_client,
+    search_names,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+
+def load_recipe(ref: str | Path, *, tracking_uri: str | None = None) -> Recipe:
+    """A recipe from a file, runs:/<run_id>/recipe.yaml or models:/NAME@alias (MLflow at
+    `tracking_uri`, default the local sqlite store)."""
+    ref = str(ref)
+    if ref.startswith(("runs:/", "models:/")):
+        return parse_recipe(fetch_recipe_text(ref, tracking_uri), ref)
+    return read_recipe_file(ref)
+
+
+def fetch_recipe_text(ref: str, tracking_uri: str | None = None) -> str:
+    """The recipe at runs:/<run_id>[/recipe.yaml] or models:/NAME@alias / models:/NAME/<version>
+    (the recipe of the run that produced that model version)."""
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    client = open_client(uri)
+    if ref.startswith("models:/"):
+        return _artifact_text(client, _model_run_id(client, ref, uri), RECIPE_FILE, ref, uri)
+    run_id, _, path = ref.removeprefix("runs:/").partition("/")
+    return _artifact_text(client, run_id, path or RECIPE_FILE, ref, uri)
+
+
+def export_recipe_text(*, search_name: str | None = None, run_id: str | None = None,
+                       tracking_uri: str | None = None) -> str:
+    """The best recipe of a run, or of the latest search of that name."""
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    if run_id:
+        return fetch_recipe_text(f"runs:/{run_id}/{RECIPE_FILE}", uri)
+    if not search_name:
+        raise ConfigError("give a search name or a run id to export a recipe from")
+    client = open_client(uri)
+    experiment = client.get_experiment_by_name(search_name)
+    parent = latest_parent(client, experiment.experiment_id, search_name) if experiment else None
+    if parent is None:
+        raise ConfigError(f"no search named '{search_name}' in {uri}; searches there: "
+                          f"{search_names(client)}")
+    return _artifact_text(client, parent.info.run_id, RECIPE_FILE, f"search '{search_name}'", uri)
+
+
+def _artifact_text(client: MlflowClient, run_id: str, path: str, ref: str, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"{ref}: no run '{run_id}' in {uri}; expected runs:/RUN_ID/{RECIPE_FILE} "
+                          "with the id of a search's run or of its best trial") from None
+    folder, _, _ = path.rpartition("/")
+    present = [f.path for f in client.list_artifacts(run_id, folder or None)]
+    if path not in present:
+        kind = "a search or its best trial" if path == RECIPE_FILE else "the run"
+        raise ConfigError(f"{ref}: run '{run.info.run_name}' ({run_id}) has no artifact '{path}'; "
+                          f"expected the recipe of {kind} (artifacts there: {', '.join(present) or 'none'})")
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, path, tmp)).read_text()
+
+
+def _model_run_id(client: MlflowClient, ref: str, uri: str) -> str:
+    """The run behind models:/NAME@alias or models:/NAME/<version>."""
+    from mlflow.exceptions import MlflowException
+
+    name, alias, number = _parse_model_ref(ref)
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        registered = ", ".join(m.name for m in client.search_registered_models()) or "none"
+        message = f"{ref}: no registered model '{name}' in {uri} (registered: {registered})"
+        raise ConfigError(message) from None
+    if alias is not None:
+        if alias not in model.aliases:
+            raise ConfigError(f"{ref}: model '{name}' has no alias '{alias}'; its aliases: "
+                              f"{', '.join(model.aliases) or 'none'}")
+        number = model.aliases[alias]
+    try:
+        version = client.get_model_version(name, number)
+    except MlflowException:
+        raise ConfigError(f"{ref}: model '{name}' has no version '{number}'") from None
+    if not version.run_id:
+        raise ConfigError(f"{ref}: version {version.version} of '{name}' was not logged from a run, "
+                          "so it has no recipe")
+    return version.run_id
+
+
+def _parse_model_ref(ref: str) -> tuple[str, str | None, str]:
+    """models:/NAME@alias -> (NAME, alias, ""); models:/NAME/7 -> (NAME, None, "7")."""
+    body = ref.removeprefix("models:/")
+    alias: str | None = None
+    if "@" in body:
+        name, _, alias = body.partition("@")
+        number = ""
+    else:
+        name, _, number = body.rpartition("/")
+    if not name or not (alias or number):
+        raise ConfigError(f"{ref}: expected models:/NAME@{CHAMPION} or models:/NAME/<version>")
+    return name, alias, number
+

@@ -1,0 +1,118 @@
+"""The tracker: a search's calls enqueue MLflow writes and return at once; one background thread
+writes them, so the search never waits on the store and the store never sees racing writers.
+`import mlflow` (about 2 s) and creating a fresh sqlite store happen on that thread too, while Ray
+starts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from autotrick.errors import first_line
+from autotrick.records import SearchInfo, SearchResult, TrialRecord
+from autotrick.tracking._runs import SearchLog
+from autotrick.tracking._store import DEFAULT_TRACKING_URI
+
+if TYPE_CHECKING:
+    import torch
+
+    from autotrick.recipe import Recipe
+
+_log = logging.getLogger(__name__)
+
+
+class SearchTracker:
+    """Records a search in MLflow without slowing it: every call enqueues and returns at once."""
+
+    def __init__(self, info: SearchInfo, *, tracking_uri: str | None = None, resume: bool = False) -> None:
+        self.info = info
+        self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
+        self._jobs: queue.SimpleQueue[Callable[[SearchLog], None] | None] = queue.SimpleQueue()
+        self._log: SearchLog | None = None
+        self._errors: list[str] = []
+        self._seconds = 0.0
+        self._closed = False
+        self._thread = threading.Thread(target=self._write, args=(resume,), name="autotrick-mlflow",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self._log.parent_id if self._log else None
+
+    @property
+    def logging_seconds(self) -> float:
+        """CPU time the writer spent on MLflow, store set-up and plots included (its wall time
+        says little: it runs at low priority, in the gaps the trials leave)."""
+        return self._seconds
+
+    def trial_finished(self, record: TrialRecord) -> None:
+        self._jobs.put(lambda log: log.log_trial(record))
+
+    def search_finished(self, result: SearchResult, recipe: Recipe | None, *,
+                        model: torch.nn.Module | None = None, register_name: str | None = None,
+                        example_input: torch.Tensor | None = None) -> None:
+        """The search's end: results and the recipe on the parent, the best child marked, the plots,
+        the best `model` registered as `register_name` (when both are given), the parent ended."""
+        # Separate jobs, so that a plot that fails still leaves the parent run ended.
+        self._jobs.put(lambda log: log.log_results(result, recipe))
+        self._jobs.put(lambda log: log.log_plots(result))
+        best = result.best
+        if best is not None and register_name and model is not None:
+            self._jobs.put(lambda log: log.register(best, register_name, model, example_input))
+        self._jobs.put(lambda log: log.end(result.interrupted))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Wait for the queued writes; report a failed one as a warning rather than fail the search."""
+        if not self._closed:
+            self._closed = True
+            self._jobs.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            warnings.warn(f"MLflow logging to {self.tracking_uri} still running after {timeout:g}s; "
+                          "the runs may be incomplete", RuntimeWarning, stacklevel=2)
+        for error in self._errors:
+            warnings.warn(f"MLflow logging to {self.tracking_uri} failed: {error}", RuntimeWarning,
+                          stacklevel=2)
+        self._errors.clear()
+
+    def _write(self, resume: bool) -> None:
+        _lower_this_threads_priority()
+        self._log = self._timed(lambda: SearchLog(self.info, self.tracking_uri, resume))
+        self._timed(_import_plotting)  # now, in the search's gaps, not after its last trial
+        while (job := self._jobs.get()) is not None:
+            if self._log is not None:  # without a parent run there is nothing to write to
+                self._timed(partial(job, self._log))
+
+    def _timed(self, job: Callable[[], Any]) -> Any:
+        started = time.thread_time()
+        try:
+            return job()
+        except Exception as exc:
+            _log.debug("MLflow write failed", exc_info=True)
+            self._errors.append(first_line(exc))
+            return None
+        finally:
+            self._seconds += time.thread_time() - started
+
+
+def _import_plotting() -> None:
+    """The plots' imports: ~2.3 s, mostly scikit-learn under Optuna's importance evaluator."""
+    import matplotlib.figure  # noqa: F401
+    import optuna.importance  # noqa: F401
+
+
+def _lower_this_threads_priority() -> None:
+    """Let the writer use only CPU the trials leave idle: on a small machine its MLflow and
+    SQLAlchemy work would otherwise slow the trials. Its queue is drained at the end anyway."""
+    with contextlib.suppress(AttributeError, OSError):  # Linux threads have their own nice value
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 15)
+
