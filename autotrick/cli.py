@@ -146,7 +146,7 @@ def spaces() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="continue the interrupted search --name")
 @click.option("--output", "-o", default=None, help="where to write the best recipe (default NAME.recipe.yaml)")
-@click.option("--tracking-uri", default=None, help="an MLflow tracking URI (default: sqlite:///mlflow.db)")
+@click.option("--tracking-uri", default=None, help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
 @click.option("--register", default=None, metavar="NAME", help="register the best model in MLflow as NAME")
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
 @click.option("--verbose", "-v", is_flag=True, help="show Ray's own tables and logs")
@@ -159,7 +159,7 @@ def search(**options: Any) -> None:
 
 def _tracking_uri_option(f: Any) -> Any:
     return click.option("--tracking-uri", default=None,
-                        help="an MLflow tracking URI (default: sqlite:///mlflow.db)")(f)
+                        help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")(f)
 
 
 @cli.command()

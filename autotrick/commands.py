@@ -182,16 +182,18 @@ def check_model_and_data(model: str, data: str, data_dir: str | None) -> None:
 
 def run_search_command(request: SearchRequest) -> int:
     """Validate, search, print one line per trial and a summary, write the recipe; the exit code."""
+    from autotrick.data import load_data
     from autotrick.search import run_search
-    from autotrick.tracking import SearchTracker
+    from autotrick.tracking import SearchTracker, resolve_tracking_uri
 
     options, output = prepare_search(request)
     info = options.info(versions())
-    tracker = SearchTracker(info, tracking_uri=request.tracking_uri, resume=request.resume)
+    data = load_data(options.train.data, options.train.data_dir)  # loaded (and cached) by prepare_search
+    tracker = SearchTracker(info, tracking_uri=request.tracking_uri, resume=request.resume, dataset=data)
     progress = _ProgressPrinter(info)
     click.echo(f"search '{info.name}': {options.space.name} space, {info.model} on {info.data}, "
-               f"{info.trials} trials x up to {info.max_epochs} epochs, {info.metric} ({info.mode})"
-               + ("; resuming" if request.resume else ""))
+               f"{info.trials} trials x up to {info.max_epochs} epochs, {info.metric} ({info.mode}); "
+               f"MLflow {resolve_tracking_uri(request.tracking_uri)}" + ("; resuming" if request.resume else ""))
 
     def on_record(record: TrialRecord) -> None:
         progress(record)
@@ -206,14 +208,15 @@ def run_search_command(request: SearchRequest) -> int:
         if request.register and recipe and model is None:
             click.echo(f"warning: --register {request.register}: trial {result.best.number}'s weights were "  # type: ignore[union-attr]
                        "not saved; nothing registered", err=True)
-        tracker.search_finished(result, recipe, model=model, register_name=request.register)
+        tracker.search_finished(result, recipe, model=model, register_name=request.register,
+                                example_input=_example_input(data) if model is not None else None)
 
     result = run_search(options, info, on_record, before_shutdown)
     waited = time.perf_counter()
     tracker.close()
     result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time
     result.timings["logging_cpu_s"] = tracker.logging_seconds
-    click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id))
+    click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id, request.tracking_uri))
     if result.interrupted:
         click.echo(f"interrupted after {len(result.records)} of {info.trials} trials: resume with "
                    f"`autotrick search --name {info.name} --resume`", err=True)
@@ -221,7 +224,8 @@ def run_search_command(request: SearchRequest) -> int:
     return 0 if result.best is not None else 1
 
 
-def _summary(result: SearchResult, output: Path | None, parent_run_id: str | None) -> str:
+def _summary(result: SearchResult, output: Path | None, parent_run_id: str | None,
+             tracking_uri: str | None = None) -> str:
     failed = sum(1 for r in result.records if r.outcome.failed)
     stopped = result.count(Outcome.ASHA_STOPPED)
     lines = [f"{len(result.records)} trials ({stopped} stopped early by ASHA, {failed} failed) in "
@@ -242,8 +246,16 @@ def _summary(result: SearchResult, output: Path | None, parent_run_id: str | Non
     if output is not None:
         lines.append(f"recipe written to {output}; re-run it with `autotrick train --recipe {output}`")
     if parent_run_id:
-        lines.append(f"MLflow run {parent_run_id} (see it with `autotrick ui`)")
+        flag = f" --tracking-uri {tracking_uri}" if tracking_uri else ""
+        lines.append(f"MLflow run {parent_run_id} (see it with `autotrick ui{flag}`)")
     return "\n".join(lines)
+
+
+def _example_input(data: Any) -> Any:
+    """Two validation images as the model takes them: the registered model's input example."""
+    from autotrick.augment import normalize
+
+    return normalize(data.val_x[:2], data.mean, data.std).float()
 
 
 def _best_model(options: Any, best: TrialRecord | None) -> Any:
@@ -350,8 +362,11 @@ def show_recipe(ref: str, *, tracking_uri: str | None) -> None:
 def run_ui(*, port: int, search_name: str | None, tracking_uri: str | None) -> None:
     import signal
 
-    from autotrick.tracking import serve_ui, ui_url
+    from autotrick.tracking import is_server, resolve_tracking_uri, serve_ui, ui_url
 
+    if is_server(resolve_tracking_uri(tracking_uri)):  # a tracking server has its UI already
+        click.echo(f"MLflow UI at {ui_url(search_name=search_name, tracking_uri=tracking_uri)}")
+        return
     # SIGTERM (a service manager, `timeout`, `docker stop`) stops the server as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     process = serve_ui(tracking_uri=tracking_uri, port=port)

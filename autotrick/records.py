@@ -66,11 +66,13 @@ class TrialRecord:
     outcome: Outcome
     metric: float | None                 # the final value of the search metric (None if it failed)
     epochs: int
-    history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch ("system/..." too)
     reason: str = ""
     baseline: bool = False
     seconds: float = 0.0
     measurements: dict[str, float] = field(default_factory=dict)  # e.g. sparsity, nonzero_params
+    traceback: str = ""                  # the error's traceback, for a trial that raised
+    step_lrs: list[list[float]] = field(default_factory=list)  # [optimizer step, lr] pairs (thinned)
 
     def __post_init__(self) -> None:
         self.outcome = Outcome.parse(self.outcome)
@@ -106,6 +108,7 @@ class SearchInfo:
     seed: int
     device: str
     threads: int = 1                     # torch CPU threads per trial
+    grace_epochs: int = 0                # ASHA's grace: every trial that did not fail trained this long
     versions: dict[str, str] = field(default_factory=dict)
 
     def params(self) -> dict[str, Any]:

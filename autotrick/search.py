@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -46,6 +47,7 @@ from autotrick.errors import ConfigError, first_line
 from autotrick.params import Fixed, Value, suggest_values
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
 from autotrick.space import SearchSpace, baseline_values
+from autotrick.system_metrics import PREFIX as SYSTEM_PREFIX
 from autotrick.trainer import EpochReport, TrainConfig
 from autotrick.tricks import TRICKS
 
@@ -88,7 +90,8 @@ class SearchOptions:
         return SearchInfo(name=self.name, space=self.space.label, model=self.train.model, data=self.train.data,
                           metric=budget.metric, mode=budget.mode, trials=budget.trials,
                           max_epochs=budget.max_epochs, batch_size=self.space.batch_size, seed=self.train.seed,
-                          device=self.train.device, threads=self.threads_per_trial, versions=versions)
+                          device=self.train.device, threads=self.threads_per_trial,
+                          grace_epochs=budget.grace_epochs, versions=versions)
 
 
 def saved_model_path(state_dir: Path, number: int) -> Path:
@@ -114,13 +117,17 @@ def warm_worker() -> None:
 def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, state_dir: str | None) -> None:
     """The trainable: one trial in a (reused) Ray actor. Every outcome, a raised exception
     included, is reported as a result, so the driver records it with its reason."""
+    from autotrick.system_metrics import SystemSampler
     from autotrick.trainer import run_trial
 
     values = _trick_values(config)
     worst = 0.0 if metric == "val_accuracy" else 1e9
+    gpus = ray.get_gpu_ids() if train.device == "cuda" else []
+    system = SystemSampler(int(gpus[0]) if gpus and str(gpus[0]).isdigit() else None)
 
     def report(epoch: EpochReport) -> None:
-        metrics = {**epoch.metrics(), "outcome": epoch.outcome.value if epoch.outcome else ""}
+        metrics = {**epoch.metrics(), **system.sample(), "outcome": epoch.outcome.value if epoch.outcome else "",
+                   STEP_LRS: [list(pair) for pair in epoch.step_lrs]}
         if not math.isfinite(metrics[metric]):
             metrics[metric] = worst  # ASHA compares this number: a NaN would poison its rungs
         tune.report(metrics)
@@ -129,8 +136,11 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
     try:
         result = run_trial(values, train, report, on_trained=save)
     except Exception as exc:  # recorded as a failed trial; the search goes on
-        tune.report({metric: worst, "outcome": Outcome.FAILED.value, "reason": first_line(exc)[:500]})
+        tune.report({metric: worst, "outcome": Outcome.FAILED.value, "reason": first_line(exc)[:500],
+                     "traceback": traceback.format_exc()[-_TRACEBACK_CHARS:]})
         return
+    finally:
+        system.close()
     if result.reason or result.measurements:
         # What the last epoch's report could not carry: the reason, and what pruning measured.
         tune.report({metric: result.val_accuracy if metric == "val_accuracy" else result.val_loss,
@@ -140,6 +150,8 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
 
 
 _MEASURED = "measured."  # the prefix of a final report's measurements
+STEP_LRS = "step_lrs"    # an epoch report's [optimizer step, lr] pairs
+_TRACEBACK_CHARS = 20_000
 
 
 def _save_model(path: Path, model: Any) -> None:
@@ -217,6 +229,7 @@ class _TrickSearcher(Searcher):
         self._trials: dict[str, optuna.Trial] = {}   # Ray's trial id -> the Optuna trial it runs
         self._configs: dict[str, dict[str, Any]] = {}  # every value drawn, fixed ones included
         self._history: dict[str, list[dict[str, float]]] = {}
+        self._step_lrs: dict[str, list[list[float]]] = {}
         self.finished: dict[str, TrialRecord] = {}  # for the progress callback, which runs after
         if existing == 0:
             self.study.enqueue_trial(self._define.baseline_params(), user_attrs={BASELINE_KEY: True})
@@ -243,7 +256,9 @@ class _TrickSearcher(Searcher):
             return  # the post-pruning summary is not a new epoch
         history = self._history.setdefault(trial_id, [])
         if not history or history[-1].get("epoch", 0) < result["epoch"]:
-            history.append({k: float(result[k]) for k in EPOCH_METRICS if isinstance(result.get(k), int | float)})
+            history.append({k: float(v) for k, v in result.items() if isinstance(v, int | float)
+                            and (k in EPOCH_METRICS or k.startswith(SYSTEM_PREFIX))})
+            self._step_lrs.setdefault(trial_id, []).extend(result.get(STEP_LRS) or [])
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         trial = self._trials.pop(trial_id, None)
@@ -260,6 +275,7 @@ class _TrickSearcher(Searcher):
             metric=float(value) if finite and not outcome.failed else None,
             epochs=int(result.get("epoch", 0) or 0), history=self._history.pop(trial_id, []),
             reason=str(result.get("reason", "")), baseline=bool(config.get(BASELINE_KEY)),
+            traceback=str(result.get("traceback", "")), step_lrs=self._step_lrs.pop(trial_id, []),
             measurements={key.removeprefix(_MEASURED): float(v) for key, v in result.items()
                           if key.startswith(_MEASURED)})
         trial.set_user_attr(RECORD, record.to_dict())  # the study is what a resumed search reads back
@@ -355,12 +371,13 @@ class _Progress(tune.Callback):
             return
         record.seconds = time.perf_counter() - started if started else 0.0
         if record.outcome is Outcome.FAILED and not record.reason:
-            record.reason = _error_text(trial)  # the worker died: Ray holds the error
+            error = trial.get_pickled_error()  # the worker died: Ray holds the error
+            record.reason = _error_text(error)
+            record.traceback = str(error)[-_TRACEBACK_CHARS:] if error else ""
         self.on_record(record)
 
 
-def _error_text(trial: Trial) -> str:
-    error = trial.get_pickled_error()
+def _error_text(error: Exception | None) -> str:
     text = str(error) if error else "the trial's worker failed"
     return " ".join(text.split())[:500]
 

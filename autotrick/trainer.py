@@ -50,9 +50,12 @@ class EpochReport:
     images_per_s: float
     setup_seconds: float = 0.0  # the trial's set-up before its first epoch: data, model, tricks
     outcome: Outcome | None = None  # set on the trial's last report only
+    # (optimizer step counted over the run, lr used by that step): at most _LR_POINTS per epoch, so
+    # warmup shows without a point per step of a long epoch
+    step_lrs: list[tuple[int, float]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if k != "outcome"}
+        return {k: v for k, v in asdict(self).items() if k not in ("outcome", "step_lrs")}
 
 
 @dataclass
@@ -70,6 +73,7 @@ class TrialResult:
 
 
 Report = Callable[[EpochReport], None]
+_LR_POINTS = 50  # per-step learning rates kept per epoch
 
 
 def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report | None = None, *,
@@ -110,6 +114,7 @@ class _Loop:
     on_trained: Callable[[nn.Module], None] | None = None
     channels_last: bool = False
     history: list[EpochReport] = field(default_factory=list)
+    steps_done: int = 0  # optimizer steps so far: the x axis of the per-step learning rate
 
     def run(self, report: Report) -> TrialResult:
         setup, started = self.setup, time.perf_counter()
@@ -157,6 +162,7 @@ class _Loop:
         setup.model.train()
         order = torch.randperm(len(data.train_y), generator=setup.generator).to(device)
         total_loss, seen = torch.zeros((), device=device), 0
+        lrs: list[float] = []  # the lr is a Python float in the optimizer's param groups: no sync
         for start in range(0, len(order), self.config.batch_size):
             index = order[start:start + self.config.batch_size]
             x = setup.augment(basic_augment(data.train_x[index], crop_padding=data.crop_padding,
@@ -166,7 +172,9 @@ class _Loop:
                 loss = setup.loss(setup.model(self._layout(x)), targets)
             if not torch.isfinite(loss):  # one check per step: a diverged run stops at once
                 return EpochReport(epoch, math.nan, math.nan, math.nan, setup.lr,
-                                   time.perf_counter() - started, 0.0, self.setup_seconds)
+                                   time.perf_counter() - started, 0.0, self.setup_seconds,
+                                   step_lrs=self._thinned(lrs))
+            lrs.append(setup.lr)
             setup.step(loss)
             total_loss += loss.detach() * len(index)
             seen += len(index)
@@ -174,7 +182,13 @@ class _Loop:
         seconds = time.perf_counter() - started
         val_loss, val_accuracy = self._evaluate()
         return EpochReport(epoch, float(total_loss) / seen, val_loss, val_accuracy, setup.lr, seconds,
-                           seen / seconds, self.setup_seconds)
+                           seen / seconds, self.setup_seconds, step_lrs=self._thinned(lrs))
+
+    def _thinned(self, lrs: list[float]) -> list[tuple[int, float]]:
+        """This epoch's per-step learning rates, numbered over the run, evenly thinned to _LR_POINTS."""
+        first, self.steps_done = self.steps_done, self.steps_done + len(lrs)
+        stride = max(1, math.ceil(len(lrs) / _LR_POINTS))
+        return [(first + i + 1, lr) for i, lr in enumerate(lrs) if i % stride == 0 or i == len(lrs) - 1]
 
     @torch.no_grad()
     def _evaluate(self) -> tuple[float, float]:

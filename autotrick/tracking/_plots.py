@@ -1,14 +1,31 @@
-"""The search's plots: the optimization history, each parameter's importance, the metric by each
-choice. matplotlib's Figure directly (Agg, and no pyplot state shared across threads)."""
+"""The search's plots, logged on its parent run under plots/.
+
+Two kinds, each where it serves:
+- Optuna's own `optuna.visualization` (plotly) for what Optuna already draws well and interactively:
+  parallel coordinates, slice and parameter importances, in one HTML page (`interactive.html`,
+  plotly.js embedded once, so it works offline; the MLflow UI shows HTML artifacts);
+- matplotlib PNGs (previewed inline by the MLflow UI, readable in any file browser) where the
+  search knows more than the Optuna study holds: the optimization history with the baseline, the
+  trials ASHA stopped, the failures drawn apart and the winner labelled (Optuna's history knows
+  only completed trials and their numbers), and the importance and each choice's spread.
+
+Which trials they rest on: ASHA stops most trials after its grace epochs, so the study's COMPLETE
+trials are few (4 of 20 in the quick search). Every plot but the history therefore rests on
+`comparable_study`: an in-memory Optuna study with one trial per trial that did not fail, valued
+at the common budget (the metric at the grace epoch, which all of them reached), and each says
+how many trials that is. matplotlib's Figure is used directly (Agg, no pyplot state shared across
+threads).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import warnings
 from typing import TYPE_CHECKING
 
 from autotrick.errors import first_line
-from autotrick.params import value_text
-from autotrick.records import Outcome, TrialRecord, better
+from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord, better
 
 if TYPE_CHECKING:
     import optuna
@@ -25,26 +42,85 @@ def _new_axes(title: str, xlabel: str, ylabel: str, size: tuple[float, float] = 
     return axes
 
 
-def history_figure(records: list[TrialRecord], metric: str, mode: str) -> Figure:
-    """The metric of every trial by trial number, the best so far, and where trials failed."""
-    axes = _new_axes(f"Optimization history: {metric} per trial ({mode})", "trial number", metric)
+def history_figure(records: list[TrialRecord], info: SearchInfo) -> Figure:
+    """Each trial's metric by trial number, zoomed on the range between the baseline and the best:
+    finished trials filled, trials ASHA stopped hollow (their value at the epoch they stopped),
+    the best so far through the last trial, the winner labelled, failed trials in a strip below."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    metric, mode = info.metric, info.mode
+    failed = sorted(r.number for r in records if r.outcome.failed)
+    figure = Figure(figsize=(8.5, 5.2 if failed else 4.6), layout="constrained")
+    grid = figure.add_gridspec(2 if failed else 1, 1, height_ratios=[7, 1] if failed else [1])
+    axes = figure.add_subplot(grid[0])
+    axes.grid(alpha=0.3)
     done = sorted((r for r in records if r.successful), key=lambda r: r.number)
-    numbers, values = [r.number for r in done], [r.metric for r in done]
-    axes.scatter(numbers, values, color="C0", zorder=3, label="finished trial")
-    axes.step(numbers, _best_so_far(values, mode), where="post", color="C1", label="best so far")  # type: ignore[arg-type]
-    baseline = next((r.metric for r in done if r.baseline), None)
+    stopped = sorted((r for r in records if r.outcome is Outcome.ASHA_STOPPED and _finite(r.metric)),
+                     key=lambda r: r.number)
+    baseline = next((r for r in done if r.baseline), None)
+    last = max((r.number for r in records), default=0)
+    low, high = _zoom([r.metric for r in done], baseline.metric if baseline else None,  # type: ignore[misc]
+                      [r.metric for r in stopped], mode)  # type: ignore[misc]
+    _scatter_clipped(axes, done, low, high, filled=True, label=f"trained to its end ({len(done)})")
+    _scatter_clipped(axes, stopped, low, high, filled=False,
+                     label=f"stopped early by ASHA, value at its last epoch ({len(stopped)})")
+    if done:
+        numbers, best = [r.number for r in done], _best_so_far([r.metric for r in done], mode)  # type: ignore[misc]
+        axes.step([*numbers, last], [*best, best[-1]], where="post", color="C1", label="best so far")
+        winner = next(r for r in done if r.metric == best[-1])
+        gain = f" ({winner.metric - baseline.metric:+.4f} vs baseline)" if baseline and not winner.baseline else ""  # type: ignore[operator]
+        axes.annotate(f"best: trial {winner.number}, {winner.metric:.4f}{gain}", (winner.number, winner.metric),
+                      xytext=(0, 14), textcoords="offset points", ha="center", fontsize="small",
+                      arrowprops={"arrowstyle": "-", "color": "C1"}, color="C1", weight="bold")
     if baseline is not None:
-        axes.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="baseline")
-    stopped = [r for r in records if r.outcome is Outcome.ASHA_STOPPED and r.metric is not None]
-    if stopped:
-        axes.scatter([r.number for r in stopped], [r.metric for r in stopped], facecolors="none",
-                     edgecolors="C0", label="stopped early by ASHA")
-    failed = [r.number for r in records if r.outcome.failed]
-    if failed:  # no metric: marked along the bottom edge
-        axes.plot(failed, [0.02] * len(failed), "x", color="C3", transform=axes.get_xaxis_transform(),
-                  label="diverged / failed")
-    axes.legend(loc="best", fontsize="small")
-    return axes.figure
+        axes.axhline(baseline.metric, color="grey", linestyle="--", linewidth=1,  # type: ignore[arg-type]
+                     label=f"baseline (trial {baseline.number}): {baseline.metric:.4f}")
+    axes.set_ylim(low, high)
+    axes.set_xlim(-0.6, last + 0.6)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set(title=f"{info.name}: {metric} of each trial ({mode}imize), {len(records)} trials", ylabel=metric)
+    axes.legend(loc="lower right", fontsize="small")
+    if failed:
+        strip = figure.add_subplot(grid[1], sharex=axes)
+        strip.plot(failed, [0] * len(failed), "x", color="C3", markersize=8)
+        strip.set_yticks([0], ["failed"])
+        strip.tick_params(axis="y", length=0, labelcolor="C3")
+        strip.grid(alpha=0.3, axis="x")
+        strip.set_xlabel(f"trial number ({len(failed)} failed: no value)")
+    else:
+        axes.set_xlabel("trial number")
+    return figure
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _zoom(finished: list[float], baseline: float | None, stopped: list[float], mode: str) -> tuple[float, float]:
+    """The y range that matters: the baseline, the best, and the better three quarters of the
+    finished trials; anything worse is drawn on the edge."""
+    values = sorted(finished or stopped or [0.0, 1.0], reverse=mode == "max")
+    kept = values[:max(1, math.ceil(len(values) * 0.75))] + ([baseline] if baseline is not None else [])
+    low, high = min(kept), max(kept)
+    pad = max((high - low) * 0.2, abs(high) * 0.002, 1e-3)
+    return low - pad, high + pad * 1.6  # room above for the winner's label
+
+
+def _scatter_clipped(axes: Axes, records: list[TrialRecord], low: float, high: float, *, filled: bool,
+                     label: str) -> None:
+    """Points inside the range as they are; points outside on its edge as triangles."""
+    if not records:
+        return
+    style = {"color": "C0"} if filled else {"facecolors": "none", "edgecolors": "C0"}
+    inside = [r for r in records if low <= r.metric <= high]  # type: ignore[operator]
+    axes.scatter([r.number for r in inside], [r.metric for r in inside], zorder=3, label=label, **style)  # type: ignore[arg-type]
+    below = [r.number for r in records if r.metric < low]  # type: ignore[operator]
+    if below:
+        axes.scatter(below, [low] * len(below), marker="v", zorder=3, clip_on=False, **style)
+    above = [r.number for r in records if r.metric > high]  # type: ignore[operator]
+    if above:
+        axes.scatter(above, [high] * len(above), marker="^", zorder=3, clip_on=False, **style)
 
 
 def _best_so_far(values: list[float], mode: str) -> list[float]:
@@ -54,64 +130,86 @@ def _best_so_far(values: list[float], mode: str) -> list[float]:
     return best
 
 
+def comparable_study(result: SearchResult, comparable_metric: str | None) -> optuna.Study | None:
+    """The trials that did not fail as one in-memory Optuna study, each valued at the common budget
+    (`comparable_metric`, the metric at ASHA's grace epoch; without one, the successful trials at
+    their final value), with the parameters its real trial drew. None without the search's study."""
+    import optuna
+
+    real = {trial.number: trial for trial in result.study.get_trials(deepcopy=False)} if result.study else {}
+    if not real:
+        return None
+    info = result.info
+    target = comparable_metric or f"final_{info.metric}"
+    study = optuna.create_study(direction="maximize" if info.mode == "max" else "minimize")
+    with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
+        warnings.simplefilter("ignore")
+        study.set_metric_names([target])
+    for record in result.records:
+        value = _metric_at(record, info.metric, info.grace_epochs) if comparable_metric else (
+            record.metric if record.successful else None)
+        trial = real.get(record.number)
+        if trial is None or not _finite(value) or record.outcome.failed:
+            continue
+        study.add_trial(optuna.trial.create_trial(
+            params=trial.params, distributions=trial.distributions, value=value,
+            user_attrs={"autotrick trial": record.number, "outcome": record.outcome.value}))
+    return study if study.trials else None
+
+
+def _metric_at(record: TrialRecord, metric: str, epoch: int) -> float | None:
+    return next((row.get(metric) for row in record.history if row.get("epoch") == epoch), None)
+
+
 def param_importances(study: optuna.Study | None) -> dict[str, float] | str:
-    """Each parameter's importance from the study's completed trials, or why there is none."""
+    """Each parameter's importance over the study's trials, or why there is none."""
     if study is None:
         return "skipped: no Optuna study"
     from optuna.importance import get_param_importances
-    from optuna.trial import TrialState
 
-    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if completed < 2:
-        return f"skipped: {completed} completed trial(s), importance needs at least 2"
+    if len(study.trials) < 2:
+        return f"skipped: {len(study.trials)} trial(s), importance needs at least 2"
     try:
         with warnings.catch_warnings():  # "few trials per regime": expected in a short search
             warnings.simplefilter("ignore")
             return get_param_importances(study)
-    except Exception as exc:  # e.g. no parameter shared by every completed trial
+    except Exception as exc:  # e.g. no parameter shared by every trial
         return f"skipped: {first_line(exc)}"
 
 
-def importance_figure(importances: dict[str, float], metric: str) -> Figure:
+def importance_figure(importances: dict[str, float], target: str, trials: int) -> Figure:
     ranked = sorted(importances.items(), key=lambda item: item[1])  # barh draws bottom-up
-    height = 1.5 + 0.35 * len(ranked)
-    axes = _new_axes(f"Importance of each trick parameter for {metric}",
-                     "importance (Optuna, from the completed trials, normalized)", "",
-                     size=(7.5, height))
+    height = 1.8 + 0.35 * len(ranked)
+    axes = _new_axes(f"Importance of each trick parameter for {target}\n(Optuna's fANOVA over {trials} trials)",
+                     "importance (normalized: the bars sum to 1)", "", size=(8, height))
     axes.barh([name for name, _ in ranked], [value for _, value in ranked], color="C0")
-    return axes.figure
+    return axes.figure  # type: ignore[return-value]
 
 
-def categorical_params(records: list[TrialRecord], study: optuna.Study | None) -> list[str]:
-    """Parameters drawn from a list of choices (per the study, or named/boolean values) that
-    took at least two values among the successful trials."""
-    drawn_from_choices = _categorical_in_study(study) if study is not None else set()
-    found = []
-    for name in sorted({name for r in records for name in r.values}):
-        values = [r.values[name] for r in records if r.successful and name in r.values]
-        named = all(v is None or isinstance(v, str | bool) for v in values)
-        if len(set(map(value_text, values))) >= 2 and (named or name in drawn_from_choices):
-            found.append(name)
-    return found
-
-
-def _categorical_in_study(study: optuna.Study) -> set[str]:
+def categorical_params(study: optuna.Study | None) -> list[str]:
+    """Parameters drawn from a list of choices that took at least two values in the study."""
     from optuna.distributions import CategoricalDistribution
 
-    return {name for trial in study.get_trials(deepcopy=False)
-            for name, distribution in trial.distributions.items()
-            if isinstance(distribution, CategoricalDistribution)}
+    if study is None:
+        return []
+    seen: dict[str, set[str]] = {}
+    for trial in study.trials:
+        for name, distribution in trial.distributions.items():
+            if isinstance(distribution, CategoricalDistribution):
+                seen.setdefault(name, set()).add(str(trial.params[name]))
+    return sorted(name for name, values in seen.items() if len(values) >= 2)
 
 
-def choice_figure(records: list[TrialRecord], name: str, metric: str) -> Figure:
-    """The metric of each trial, and its mean, for every choice of one parameter."""
+def choice_figure(study: optuna.Study, name: str, target: str) -> Figure:
+    """The target of each trial, and its mean, for every choice of one parameter."""
     by_choice: dict[str, list[float]] = {}
-    for r in records:
-        if r.successful and name in r.values:
-            by_choice.setdefault(value_text(r.values[name]), []).append(r.metric)  # type: ignore[arg-type]
+    for trial in study.trials:
+        if name in trial.params and trial.value is not None:
+            by_choice.setdefault(_choice_text(trial.params[name]), []).append(trial.value)
     choices = sorted(by_choice)
-    axes = _new_axes(f"{metric} by {name}: each trial and the mean", name, metric,
-                     size=(1.6 + 1.3 * len(choices), 4.5))
+    trials = sum(len(v) for v in by_choice.values())
+    axes = _new_axes(f"{target}\nby {name} ({trials} trials)", name, target,
+                     size=(max(4.8, 1.6 + 1.3 * len(choices)), 4.5))
     for x, choice in enumerate(choices):
         values = by_choice[choice]
         axes.scatter([x + offset for offset in _spread(len(values))], values, color="C0", alpha=0.6,
@@ -121,10 +219,37 @@ def choice_figure(records: list[TrialRecord], name: str, metric: str) -> Figure:
                     label="mean" if x == 0 else None)
     axes.set_xticks(range(len(choices)), [f"{c}\n(n={len(by_choice[c])})" for c in choices])
     axes.legend(loc="best", fontsize="small")
-    return axes.figure
+    return axes.figure  # type: ignore[return-value]
+
+
+def _choice_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
 
 
 def _spread(n: int) -> list[float]:
     """Offsets that keep a choice's points apart, the same on every run (no random jitter)."""
     return [0.0] if n == 1 else [-0.15 + 0.3 * i / (n - 1) for i in range(n)]
 
+
+def interactive_html(study: optuna.Study, target: str) -> str:
+    """Optuna's parallel-coordinates, slice and importance plots of the study, on one page."""
+    from optuna.visualization import plot_parallel_coordinate, plot_param_importances, plot_slice
+
+    title = f"{target}, {len(study.trials)} trials"
+    figures = []
+    with warnings.catch_warnings():  # Optuna's experimental-feature and few-trials warnings
+        warnings.simplefilter("ignore")
+        figures.append(plot_parallel_coordinate(study, target_name=target))
+        figures.append(plot_slice(study, target_name=target))
+        if len(study.trials) >= 2:
+            # without a parameter shared by every trial there is no importance: the page goes without
+            with contextlib.suppress(Exception):
+                figures.append(plot_param_importances(study, target_name=target))
+    parts = []
+    for i, figure in enumerate(figures):
+        figure.update_layout(title=f"{figure.layout.title.text or ''} ({title})")
+        parts.append(figure.to_html(full_html=False, include_plotlyjs=i == 0))  # plotly.js once
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>autotrick: interactive plots</title></head>"
+            f"<body style='font-family:sans-serif'>{''.join(parts)}</body></html>")

@@ -10,9 +10,10 @@ from autotrick.errors import ConfigError
 from autotrick.recipe import RECIPE_FILE, Recipe, parse_recipe, read_recipe_file
 from autotrick.tracking._store import (
     CHAMPION,
-    DEFAULT_TRACKING_URI,
+    find_experiment_id,
     latest_parent,
     open_client,
+    resolve_tracking_uri,
     search_names,
 )
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 def load_recipe(ref: str | Path, *, tracking_uri: str | None = None) -> Recipe:
     """A recipe from a file, runs:/<run_id>/recipe.yaml or models:/NAME@alias (MLflow at
-    `tracking_uri`, default the local sqlite store)."""
+    `tracking_uri`, default MLFLOW_TRACKING_URI or the local sqlite store)."""
     ref = str(ref)
     if ref.startswith(("runs:/", "models:/")):
         return parse_recipe(fetch_recipe_text(ref, tracking_uri), ref)
@@ -32,7 +33,7 @@ def load_recipe(ref: str | Path, *, tracking_uri: str | None = None) -> Recipe:
 def fetch_recipe_text(ref: str, tracking_uri: str | None = None) -> str:
     """The recipe at runs:/<run_id>[/recipe.yaml] or models:/NAME@alias / models:/NAME/<version>
     (the recipe of the run that produced that model version)."""
-    uri = tracking_uri or DEFAULT_TRACKING_URI
+    uri = resolve_tracking_uri(tracking_uri)
     client = open_client(uri)
     if ref.startswith("models:/"):
         return _artifact_text(client, _model_run_id(client, ref, uri), RECIPE_FILE, ref, uri)
@@ -43,14 +44,14 @@ def fetch_recipe_text(ref: str, tracking_uri: str | None = None) -> str:
 def export_recipe_text(*, search_name: str | None = None, run_id: str | None = None,
                        tracking_uri: str | None = None) -> str:
     """The best recipe of a run, or of the latest search of that name."""
-    uri = tracking_uri or DEFAULT_TRACKING_URI
+    uri = resolve_tracking_uri(tracking_uri)
     if run_id:
         return fetch_recipe_text(f"runs:/{run_id}/{RECIPE_FILE}", uri)
     if not search_name:
         raise ConfigError("give a search name or a run id to export a recipe from")
     client = open_client(uri)
-    experiment = client.get_experiment_by_name(search_name)
-    parent = latest_parent(client, experiment.experiment_id, search_name) if experiment else None
+    experiment_id = find_experiment_id(client, search_name)
+    parent = latest_parent(client, experiment_id, search_name) if experiment_id else None
     if parent is None:
         raise ConfigError(f"no search named '{search_name}' in {uri}; searches there: "
                           f"{search_names(client)}")

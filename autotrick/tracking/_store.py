@@ -1,6 +1,7 @@
-"""The MLflow store: where it is (a tracking URI; a local sqlite file by default), the tags that
-mark autotrick's runs, and the queries that find a search's runs again. Shared by the writer and
-the readers; MLflow itself is imported lazily (about 2 s)."""
+"""The MLflow store: where it is (the --tracking-uri flag, else MLFLOW_TRACKING_URI, else a local
+sqlite file), which experiment holds a search (MLFLOW_EXPERIMENT_NAME, else the search's name),
+the tags that mark autotrick's runs, and the queries that find a search's runs again. Shared by
+the writer and the readers; MLflow itself is imported lazily (about 2 s)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,19 @@ TAG_BEST = "autotrick.best"
 TAG_BEST_RUN = "autotrick.best_run_id"
 TAG_IMPORTANCE = "autotrick.importance"
 TAG_PARENT = "mlflow.parentRunId"
-TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
+TAG_NOTE = "mlflow.note.content"  # the run's (or experiment's) description in the MLflow UI
+TAG_BEST_NAME = "autotrick.best_run_name"
+
+
+def resolve_tracking_uri(given: str | None = None) -> str:
+    """The store every command uses: the flag, else the MLflow convention's environment variable."""
+    return given or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def experiment_name(search: str) -> str:
+    """The experiment that holds a search: MLFLOW_EXPERIMENT_NAME when set (a team's shared
+    experiment; searches in it are told apart by their autotrick.search tag), else the search's name."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or search
 
 # A search prints one line per trial: MLflow's download bars and "creating tables" INFO lines
 # would interleave with them.
@@ -60,11 +73,17 @@ def seed_sqlite_store(uri: str) -> None:
     shutil.copyfile(template, path)
 
 
-def experiment_for(client: MlflowClient, name: str, tracking_uri: str) -> str:
+def experiment_for(client: MlflowClient, search: str, tracking_uri: str) -> str:
+    name = experiment_name(search)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
+
+
+def find_experiment_id(client: MlflowClient, search: str) -> str | None:
+    experiment = client.get_experiment_by_name(experiment_name(search))
+    return experiment.experiment_id if experiment else None
 
 
 def _artifact_location(tracking_uri: str, name: str) -> str | None:
@@ -74,10 +93,18 @@ def _artifact_location(tracking_uri: str, name: str) -> str | None:
     return (path.resolve().parent / "mlruns" / name).as_uri() if path else None
 
 
-def latest_parent(client: MlflowClient, experiment_id: str, search: str) -> Run | None:
-    runs = client.search_runs([experiment_id], f"{tag_filter(TAG_SEARCH, search)} and "
-                              f"{tag_filter(TAG_ROLE, 'parent')}",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+def latest_parent(client: MlflowClient, experiment_id: str, search: str | None = None) -> Run | None:
+    """The latest parent run of `search` in the experiment (of any search, without a name)."""
+    where = tag_filter(TAG_ROLE, "parent") + (f" and {tag_filter(TAG_SEARCH, search)}" if search else "")
+    runs = client.search_runs([experiment_id], where, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def latest_search(client: MlflowClient) -> Run | None:
+    """The parent run of the store's latest search, whatever its experiment."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, tag_filter(TAG_ROLE, "parent"), order_by=["attributes.start_time DESC"],
+                              max_results=1) if ids else []
     return runs[0] if runs else None
 
 

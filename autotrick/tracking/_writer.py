@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 from autotrick.errors import first_line
 from autotrick.records import SearchInfo, SearchResult, TrialRecord
 from autotrick.tracking._runs import SearchLog
-from autotrick.tracking._store import DEFAULT_TRACKING_URI
+from autotrick.tracking._store import resolve_tracking_uri
 
 if TYPE_CHECKING:
     import torch
 
+    from autotrick.data import ImageData
     from autotrick.recipe import Recipe
 
 _log = logging.getLogger(__name__)
@@ -32,15 +33,17 @@ _log = logging.getLogger(__name__)
 class SearchTracker:
     """Records a search in MLflow without slowing it: every call enqueues and returns at once."""
 
-    def __init__(self, info: SearchInfo, *, tracking_uri: str | None = None, resume: bool = False) -> None:
+    def __init__(self, info: SearchInfo, *, tracking_uri: str | None = None, resume: bool = False,
+                 dataset: ImageData | None = None) -> None:
+        """`dataset` (the search's data) is logged as the runs' dataset input, with its digest."""
         self.info = info
-        self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self._jobs: queue.SimpleQueue[Callable[[SearchLog], None] | None] = queue.SimpleQueue()
         self._log: SearchLog | None = None
         self._errors: list[str] = []
         self._seconds = 0.0
         self._closed = False
-        self._thread = threading.Thread(target=self._write, args=(resume,), name="autotrick-mlflow",
+        self._thread = threading.Thread(target=self._write, args=(resume, dataset), name="autotrick-mlflow",
                                         daemon=True)
         self._thread.start()
 
@@ -67,7 +70,7 @@ class SearchTracker:
         self._jobs.put(lambda log: log.log_plots(result))
         best = result.best
         if best is not None and register_name and model is not None:
-            self._jobs.put(lambda log: log.register(best, register_name, model, example_input))
+            self._jobs.put(lambda log: log.register(best, register_name, model, example_input, result))
         self._jobs.put(lambda log: log.end(result.interrupted))
 
     def close(self, timeout: float | None = None) -> None:
@@ -84,9 +87,9 @@ class SearchTracker:
                           stacklevel=2)
         self._errors.clear()
 
-    def _write(self, resume: bool) -> None:
+    def _write(self, resume: bool, dataset: ImageData | None) -> None:
         _lower_this_threads_priority()
-        self._log = self._timed(lambda: SearchLog(self.info, self.tracking_uri, resume))
+        self._log = self._timed(lambda: SearchLog(self.info, self.tracking_uri, resume, dataset))
         self._timed(_import_plotting)  # now, in the search's gaps, not after its last trial
         while (job := self._jobs.get()) is not None:
             if self._log is not None:  # without a parent run there is nothing to write to
@@ -105,9 +108,11 @@ class SearchTracker:
 
 
 def _import_plotting() -> None:
-    """The plots' imports: ~2.3 s, mostly scikit-learn under Optuna's importance evaluator."""
+    """The plots' imports: ~2.3 s, mostly scikit-learn under Optuna's importance evaluator, and
+    plotly under Optuna's visualization."""
     import matplotlib.figure  # noqa: F401
-    import optuna.importance  # noqa: F401
+    import optuna.importance
+    import optuna.visualization  # noqa: F401
 
 
 def _lower_this_threads_priority() -> None:
