@@ -31,7 +31,6 @@ from autotrick.tracking import (
     TAG_BASELINE,
     TAG_BEST,
     TAG_BEST_RUN,
-    TAG_IMPORTANCE,
     TAG_OUTCOME,
     TAG_PARENT,
     TAG_ROLE,
@@ -70,12 +69,17 @@ class Tracked:
 
 
 def text(value: object) -> str:
-    """A trick value as an MLflow param holds it: as the recipe's YAML writes it."""
+    """A trick value as the recipe's YAML writes it."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def shown(value: object) -> str:
+    """A trick value as an MLflow param shows it: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else text(value)
 
 
 @pytest.fixture(scope="module")
@@ -140,12 +144,17 @@ def test_exactly_one_child_run_per_trial_with_its_trick_params(tracked: Tracked)
         tags, params = run.data.tags, run.data.params
         assert tags[TAG_ROLE] == "trial" and tags[TAG_SEARCH] == NAME
         assert tags[TAG_BASELINE] == text(number == 0) and record.baseline == (number == 0)
-        assert run.info.run_name == f"trial-{number:03d}" + (" (baseline)" if number == 0 else "")
-        # every trick value the trial drew, under its dotted name, as the recipe writes it
+        assert run.info.run_name.startswith(f"trial-{number:03d}" + (" (baseline)" if number == 0 else ""))
+        assert ("(stopped at " in run.info.run_name) == (record.outcome is Outcome.ASHA_STOPPED)
+        # every trick value the trial drew that is not off, under its dotted name, rounded for display,
+        # beside the model, the data and the budget
         assert {"norm.type", "optim.name", "optim.lr", "schedule.name", "smoothing.eps"} <= set(params)
-        assert params == {key: text(value) for key, value in record.values.items()}
+        assert params == {"model": "cnn", "data": "digits", "max_epochs": str(MAX_EPOCHS),
+                          "batch_size": str(QUICK.batch_size),
+                          **{key: shown(value) for key, value in record.values.items() if value is not None}}
     baseline = tracked.children[0].data.params
-    assert (baseline["norm.type"], baseline["optim.lr"], baseline["smoothing.eps"]) == ("keep", "0.05", "0.0")
+    assert (baseline["norm.type"], baseline["optim.lr"], baseline["smoothing.eps"]) == ("keep", "0.05", "0")
+    assert "dropout.p" not in baseline  # off in the baseline: no param, not "null"
 
 
 def test_each_child_holds_its_per_epoch_curves(tracked: Tracked) -> None:
@@ -160,7 +169,22 @@ def test_each_child_holds_its_per_epoch_curves(tracked: Tracked) -> None:
         accuracy = sorted(tracked.client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda p: p.step)
         if record.metric is not None:  # the last epoch's accuracy is the trial's result
             assert accuracy[-1].value == pytest.approx(record.metric)
+        if record.successful:
             assert run.data.metrics["final_val_accuracy"] == pytest.approx(record.metric)
+        if not record.outcome.failed:  # one column in which every trial compares: the common budget
+            assert run.data.metrics[f"val_accuracy_at_epoch_{GRACE_EPOCHS}"] == pytest.approx(
+                accuracy[GRACE_EPOCHS - 1].value)
+        assert run.data.metrics["epochs_trained"] == record.epochs
+        cpu = tracked.client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+        assert sorted(p.step for p in cpu) == list(range(1, record.epochs + 1))
+        assert all(0 <= p.value <= 100 for p in cpu)
+        memory = run.data.metrics["system/system_memory_usage_megabytes"]
+        assert memory > 0
+        lrs = tracked.client.get_metric_history(run.info.run_id, "lr_per_step")
+        steps_per_epoch = -(-len(load_data("digits").train_y) // QUICK.batch_size)
+        assert sorted(p.step for p in lrs) == list(range(1, record.epochs * steps_per_epoch + 1))
+        inputs = tracked.client.get_run(run.info.run_id).inputs.dataset_inputs
+        assert {i.dataset.name for i in inputs} == {"digits-training", "digits-validation"}
 
 
 def test_outcomes_agree_with_the_optuna_study(tracked: Tracked) -> None:
@@ -180,6 +204,17 @@ def test_outcomes_agree_with_the_optuna_study(tracked: Tracked) -> None:
         elif outcome == "asha_stopped":  # by ASHA, at a rung: never before the grace period
             assert GRACE_EPOCHS <= record.epochs < MAX_EPOCHS
     assert tracked.records[0].outcome == "finished"  # ASHA never stops the baseline
+
+
+def test_the_parent_description_names_the_winning_run_and_its_value(tracked: Tracked) -> None:
+    best = tracked.client.get_run(tracked.parent.data.tags[TAG_BEST_RUN])
+    assert best.info.run_name.endswith("★ best")
+    note = tracked.parent.data.tags["mlflow.note.content"]
+    value = tracked.parent.data.metrics["best_val_accuracy"]
+    assert note.startswith(f"**Winner: [{best.info.run_name}](#/experiments/{best.info.experiment_id}/runs/"
+                           f"{best.info.run_id})**: val_accuracy **{value:.4g}**")
+    assert f"{TRIALS} of {TRIALS} ran" in note
+    assert f"[{MODEL_NAME} version 1](#/models/{MODEL_NAME}/versions/1)" in note
 
 
 def test_the_parent_holds_the_gain_and_names_the_best_child(tracked: Tracked) -> None:
@@ -223,22 +258,23 @@ def test_the_recipe_is_an_artifact_of_the_parent_and_the_best_child(tracked: Tra
         assert "recipe.yaml" not in [f.path for f in tracked.client.list_artifacts(run_id)]
 
 
-def test_the_plots_are_png_files_under_plots(tracked: Tracked, tmp_path: Path) -> None:
+def test_the_plots_are_png_files_and_an_interactive_page_under_plots(tracked: Tracked, tmp_path: Path) -> None:
     parent_id = tracked.parent.info.run_id
     names = {Path(f.path).name for f in tracked.client.list_artifacts(parent_id, "plots")}
-    assert "optimization_history.png" in names
-    completed = [t for t in tracked.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(completed) >= 2:
+    assert {"optimization_history.png", "interactive.html"} <= names
+    # importance and choices rest on every trial that reached the common budget, not only the finished ones
+    compared = [r for r in tracked.records.values() if not r.outcome.failed and r.epochs >= GRACE_EPOCHS]
+    if len(compared) >= 2:
         assert "param_importance.png" in names
-    else:
-        assert tracked.parent.data.tags[TAG_IMPORTANCE].startswith("skipped")
-    successful = [r for r in tracked.records.values() if r.successful]
-    if len({r.values["norm.type"] for r in successful}) >= 2:  # a choice that took two values
+    if len({r.values["norm.type"] for r in compared}) >= 2:  # a choice that took two values
         assert "choice_norm.type.png" in names
     folder = Path(tracked.client.download_artifacts(parent_id, "plots", str(tmp_path)))
-    for name in names:
+    for name in names - {"interactive.html"}:
         data = (folder / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 5000, name
+    page = (folder / "interactive.html").read_text()
+    assert "Parallel Coordinate Plot" in page
+    assert f"val_accuracy_at_epoch_{GRACE_EPOCHS}, {len(compared)} trials" in page
 
 
 def test_the_best_model_is_the_registered_champion_and_predicts_digits(tracked: Tracked) -> None:
@@ -255,6 +291,11 @@ def test_the_best_model_is_the_registered_champion_and_predicts_digits(tracked: 
     accuracy = float((predicted == data.val_y).float().mean())
     best = tracked.parent.data.metrics["best_val_accuracy"]
     assert accuracy >= best - 0.01, f"the champion scores {accuracy:.4f}; its trial scored {best:.4f}"
+    info = mlflow.models.get_model_info(f"models:/{MODEL_NAME}@{CHAMPION}")
+    assert info.signature is not None and info.saved_input_example_info is not None
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 8, 8]  # digits images
+    assert list(info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 10]
+    assert "val_accuracy" in tracked.client.get_model_version(MODEL_NAME, champion.version).description
 
 
 def test_nothing_is_left_running(tracked: Tracked) -> None:

@@ -3,6 +3,8 @@ sqlite store and artifact folder), a real small search writing to it over HTTP, 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import subprocess
@@ -19,7 +21,19 @@ from mlflow import MlflowClient
 
 from autotrick.cli import main
 from autotrick.commands import SearchRequest, run_search_command
-from autotrick.tracking import TAG_BEST_RUN, TAG_PARENT, TAG_ROLE, TAG_TRIAL, load_recipe
+from autotrick.errors import ConfigError
+from autotrick.records import Outcome, SearchInfo, TrialRecord
+from autotrick.tracking import (
+    TAG_BEST_RUN,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_SEARCH,
+    TAG_TRIAL,
+    SearchTracker,
+    export_recipe_text,
+    load_recipe,
+    ui_url,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +46,7 @@ class Remote:
     server: Path    # the server's folder: its sqlite store and artifacts
     workdir: Path   # where the search ran
     code: int
+    header: str     # the search's first printed line
 
 
 def free_port() -> int:
@@ -65,9 +80,11 @@ def remote(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         wait_until_up(server, f"{uri}/health")
         os.chdir(workdir)
-        code = run_search_command(SearchRequest(space="quick", trials=TRIALS, max_epochs=MAX_EPOCHS, name=NAME,
-                                                tracking_uri=uri))
-        yield Remote(uri, server_dir, workdir, code)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = run_search_command(SearchRequest(space="quick", trials=TRIALS, max_epochs=MAX_EPOCHS, name=NAME,
+                                                    tracking_uri=uri))
+        yield Remote(uri, server_dir, workdir, code, printed.getvalue().splitlines()[0])
     finally:
         os.chdir(previous)
         server.terminate()
@@ -102,3 +119,45 @@ def test_the_recipe_comes_back_from_the_server(remote: Remote, capsys: pytest.Ca
         main(["export", "--name", NAME, "-o", "exported.yaml", "--tracking-uri", remote.uri])
     assert exited.value.code == 0, capsys.readouterr().err
     assert load_recipe(remote.workdir / "exported.yaml").tricks == written.tricks
+
+
+def test_the_header_line_says_which_store_is_used(remote: Remote) -> None:
+    assert remote.header.startswith(f"search '{NAME}': ") and f"; MLflow {remote.uri}" in remote.header
+
+
+def log_one_trial(name: str, tracking_uri: str | None = None) -> None:
+    info = SearchInfo(name=name, space="quick", model="cnn", data="digits", metric="val_accuracy", mode="max",
+                      trials=1, max_epochs=1, batch_size=64, seed=0, device="cpu")
+    tracker = SearchTracker(info, tracking_uri=tracking_uri)
+    tracker.trial_finished(TrialRecord(0, {"optim.lr": 0.05}, Outcome.FINISHED, 0.9, 1,
+                                       [{"epoch": 1, "val_accuracy": 0.9}], baseline=True))
+    tracker.close(timeout=120)
+
+
+def test_mlflow_tracking_uri_is_honoured_and_the_flag_overrides_it(remote: Remote, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    server = MlflowClient(remote.uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", remote.uri)  # a team's server, as MLflow users set it
+    monkeypatch.chdir(tmp_path)
+    log_one_trial("from-env")
+    assert server.get_experiment_by_name("from-env") is not None
+    assert not (tmp_path / "mlflow.db").exists()
+    url = ui_url(search_name="from-env")  # `autotrick ui` on a server: the server's own address
+    assert url.startswith(f"{remote.uri}/#/experiments/{server.get_experiment_by_name('from-env').experiment_id}/runs")
+
+    local = f"sqlite:///{tmp_path / 'flag.db'}"
+    log_one_trial("from-flag", local)  # the flag wins over the environment
+    assert server.get_experiment_by_name("from-flag") is None
+    assert MlflowClient(local).get_experiment_by_name("from-flag") is not None
+
+
+def test_mlflow_experiment_name_holds_the_search(remote: Remote, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "team-experiments")
+    log_one_trial("in-team", remote.uri)
+    server = MlflowClient(remote.uri)
+    experiment = server.get_experiment_by_name("team-experiments")
+    assert experiment is not None and server.get_experiment_by_name("in-team") is None
+    runs = server.search_runs([experiment.experiment_id], f"tags.`{TAG_SEARCH}` = 'in-team'")
+    assert {run.data.tags[TAG_ROLE] for run in runs} == {"parent", "trial"}
+    with pytest.raises(ConfigError, match=r"has no artifact 'recipe\.yaml'"):  # found by its search name
+        export_recipe_text(search_name="in-team", tracking_uri=remote.uri)

@@ -50,7 +50,7 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     uri = f"sqlite:///{tmp_path_factory.mktemp('ui') / 'mlflow.db'}"
     records = [trial(0, 0.90, "keep"), trial(1, 0.95, "group"), trial(2, 0.93, "batch")]
     info = SearchInfo(name=NAME, space="quick", model="cnn", data="digits", metric="val_accuracy", mode="max",
-                      trials=3, max_epochs=3, batch_size=64, seed=0, device="cpu")
+                      trials=3, max_epochs=3, batch_size=64, seed=0, device="cpu", grace_epochs=1)
     tracker = SearchTracker(info, tracking_uri=uri)
     for record in records:
         tracker.trial_finished(record)
@@ -85,7 +85,7 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chrome'}"):
+                 "--disable-sync", "--window-size=1920,1000", f"--user-data-dir={tmp_path / 'chrome'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     driver.set_page_load_timeout(60)
@@ -96,19 +96,40 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 
 
 @needs_chromium
-def test_experiment_page_shows_the_search_and_its_best_run(ui: int, browser: WebDriver,
-                                                            search: tuple[str, str], tmp_path: Path) -> None:
+def test_the_printed_address_opens_the_trials_sorted_with_the_winner_first(
+        ui: int, browser: WebDriver, search: tuple[str, str], tmp_path: Path) -> None:
+    """What `autotrick ui` prints (the store's latest search) lands on the runs table in the
+    machine-learning view, sorted by the final metric, its columns shown, the winner on top."""
     uri, best_run = search
-    browser.get(ui_url(search_name=NAME, tracking_uri=uri, port=ui))
-    # The parent run's row; its trials sit folded under the button in its name cell.
-    unfold = WebDriverWait(browser, 90, poll_frequency=0.5).until(lambda driver: driver.find_element(
-        By.XPATH, f"//div[contains(@class, 'ag-row')][.//a[normalize-space() = '{NAME}']]//button"))
-    unfold.click()
-    WebDriverWait(browser, 30, poll_frequency=0.5).until(
-        lambda driver: best_run in driver.find_element(By.TAG_NAME, "body").text)
-    browser.save_screenshot(str(tmp_path / "experiment.png"))
+    browser.get(ui_url(tracking_uri=uri, port=ui))
+
+    def row_names(driver: WebDriver) -> list[str]:
+        """The run names in the table's order (ag-grid's row-index, not the DOM's)."""
+        names: dict[int, str] = {}
+        for link in driver.find_elements(By.XPATH, "//div[@row-index]//a[starts-with(normalize-space(), 'trial-') "
+                                                   f"or normalize-space() = '{NAME}']"):
+            row = link.find_element(By.XPATH, "ancestor::div[@row-index][1]")
+            names[int(row.get_attribute("row-index") or 0)] = link.text.strip()
+        return [names[index] for index in sorted(names)]
+
+    names = WebDriverWait(browser, 90, poll_frequency=0.5).until(lambda driver: len(row_names(driver)) >= 4
+                                                                 and row_names(driver))
+    close_assistant(browser)  # MLflow opens its chat panel on a first visit: it hides the table's right half
+    browser.save_screenshot(str(tmp_path / "runs.png"))
     page = browser.find_element(By.TAG_NAME, "body").text
-    assert NAME in page and best_run in page and "Runs" in page
+    assert "Model training" in page and "Traces 0" not in page  # not the GenAI overview
+    assert "Sort: final_val_accuracy" in page
+    assert {"final_val_accuracy", "val_accuracy_at_epoch_1", "epochs_trained", "norm.type"} <= set(page.split("\n"))
+    # the search (its final value is its winner's) and its winner first, then the others by value
+    assert set(names[:2]) == {NAME, best_run} and best_run.endswith("★ best")
+    assert names[2:] == ["trial-002", "trial-000 (baseline)"]
+
+
+def close_assistant(driver: WebDriver) -> None:
+    for button in driver.find_elements(By.CSS_SELECTOR, "[data-component-id='mlflow.assistant.chat_panel.close']"):
+        with contextlib.suppress(Exception):
+            button.click()
+            time.sleep(1)
 
 
 def read_line(process: subprocess.Popen[str], timeout: float) -> str:

@@ -51,7 +51,7 @@ def history_figure(records: list[TrialRecord], info: SearchInfo) -> Figure:
 
     metric, mode = info.metric, info.mode
     failed = sorted(r.number for r in records if r.outcome.failed)
-    figure = Figure(figsize=(8.5, 5.2 if failed else 4.6), layout="constrained")
+    figure = Figure(figsize=(8.5, 5.6 if failed else 5.0), layout="constrained")
     grid = figure.add_gridspec(2 if failed else 1, 1, height_ratios=[7, 1] if failed else [1])
     axes = figure.add_subplot(grid[0])
     axes.grid(alpha=0.3)
@@ -64,7 +64,7 @@ def history_figure(records: list[TrialRecord], info: SearchInfo) -> Figure:
                       [r.metric for r in stopped], mode)  # type: ignore[misc]
     _scatter_clipped(axes, done, low, high, filled=True, label=f"trained to its end ({len(done)})")
     _scatter_clipped(axes, stopped, low, high, filled=False,
-                     label=f"stopped early by ASHA, value at its last epoch ({len(stopped)})")
+                     label=f"stopped early by ASHA: value at its last epoch ({len(stopped)})")
     if done:
         numbers, best = [r.number for r in done], _best_so_far([r.metric for r in done], mode)  # type: ignore[misc]
         axes.step([*numbers, last], [*best, best[-1]], where="post", color="C1", label="best so far")
@@ -80,7 +80,11 @@ def history_figure(records: list[TrialRecord], info: SearchInfo) -> Figure:
     axes.set_xlim(-0.6, last + 0.6)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set(title=f"{info.name}: {metric} of each trial ({mode}imize), {len(records)} trials", ylabel=metric)
-    axes.legend(loc="lower right", fontsize="small")
+    handles, labels = axes.get_legend_handles_labels()
+    if any(not low <= r.metric <= high for r in [*done, *stopped]):  # type: ignore[operator]
+        handles.append(axes.scatter([], [], marker="v", facecolors="none", edgecolors="C0"))
+        labels.append("below the range shown (on the edge)")
+    figure.legend(handles, labels, loc="outside lower center", ncols=3, fontsize="small", frameon=False)
     if failed:
         strip = figure.add_subplot(grid[1], sharex=axes)
         strip.plot(failed, [0] * len(failed), "x", color="C3", markersize=8)
@@ -208,7 +212,7 @@ def choice_figure(study: optuna.Study, name: str, target: str) -> Figure:
             by_choice.setdefault(_choice_text(trial.params[name]), []).append(trial.value)
     choices = sorted(by_choice)
     trials = sum(len(v) for v in by_choice.values())
-    axes = _new_axes(f"{target}\nby {name} ({trials} trials)", name, target,
+    axes = _new_axes(f"{target} by {name}\n({trials} trials: every one that reached it)", name, target,
                      size=(max(4.8, 1.6 + 1.3 * len(choices)), 4.5))
     for x, choice in enumerate(choices):
         values = by_choice[choice]
