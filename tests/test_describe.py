@@ -26,9 +26,10 @@ def test_the_winner_its_gain_its_tricks_and_the_counts() -> None:
     search = result(record(0, Outcome.FINISHED, 0.9), record(1, Outcome.FINISHED, 0.95, **{"optim.lr": 0.0123456}),
                     record(2, Outcome.ASHA_STOPPED, 0.6, epochs=2), record(3, Outcome.DIVERGED, None, epochs=3))
     note = search_note(search, LINKS)
+    view = "?workflowType=machine_learning"
     assert note.splitlines()[0] == (
-        "**Winner: [trial-001 ★ best](#/experiments/7/runs/r1)**: val_accuracy **0.95**, "
-        "**+0.0500** over the baseline (0.9, [trial-000 (baseline)](#/experiments/7/runs/r0)).")
+        f"**Winner: [trial-001 ★ best](#/experiments/7/runs/r1{view})**: val_accuracy **0.95**, "
+        f"**+0.0500** over the baseline (0.9, [trial-000 (baseline)](#/experiments/7/runs/r0{view})).")
     assert ("4 of 4 ran, 2 finished all 15 epochs, 1 stopped early by ASHA, 1 failed (1 diverged)" in note
             and "**Stopped because** all 4 trials ran." in note)
     assert "| `optim.lr` | 0.01235 | 0.05 |" in note and "dropout.p" not in note  # only what differs, rounded

@@ -40,6 +40,7 @@ from autotrick.tracking import (
 
 pytestmark = pytest.mark.slow
 
+ML = "?workflowType=machine_learning"  # the UI's machine-learning view
 NAME, MODEL_NAME = "tracked", "digits-cnn"
 TRIALS, MAX_EPOCHS = 6, 4
 QUICK = load_space("quick")
@@ -212,9 +213,9 @@ def test_the_parent_description_names_the_winning_run_and_its_value(tracked: Tra
     note = tracked.parent.data.tags["mlflow.note.content"]
     value = tracked.parent.data.metrics["best_val_accuracy"]
     assert note.startswith(f"**Winner: [{best.info.run_name}](#/experiments/{best.info.experiment_id}/runs/"
-                           f"{best.info.run_id})**: val_accuracy **{value:.4g}**")
+                           f"{best.info.run_id}{ML})**: val_accuracy **{value:.4g}**")
     assert f"{TRIALS} of {TRIALS} ran" in note
-    assert f"[{MODEL_NAME} version 1](#/models/{MODEL_NAME}/versions/1)" in note
+    assert f"[{MODEL_NAME} version 1](#/models/{MODEL_NAME}/versions/1{ML})" in note
 
 
 def test_the_parent_holds_the_gain_and_names_the_best_child(tracked: Tracked) -> None:

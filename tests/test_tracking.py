@@ -40,6 +40,7 @@ from autotrick.tracking import (
     ui_url,
 )
 
+ML = "?workflowType=machine_learning"  # the UI's machine-learning view
 NAME = "unit-search"
 MODEL_NAME = "unit-digits"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -203,14 +204,15 @@ def test_the_parent_description_tells_the_winner_its_gain_and_the_counts(logged:
     best_run = logged.children[logged.best.number]
     experiment_id = logged.parent.info.experiment_id
     # the winner by its run name, linked to its run page, with its value and the gain
-    assert f"**Winner: [{best_run.info.run_name}](#/experiments/{experiment_id}/runs/{best_run.info.run_id})**" in note
+    run_link = f"#/experiments/{experiment_id}/runs/{best_run.info.run_id}{ML}"
+    assert f"**Winner: [{best_run.info.run_name}]({run_link})**" in note
     assert f"val_accuracy **{logged.best.metric:.4g}**" in note
     assert f"**{logged.best.metric - 0.9:+.4f}** over the baseline (0.9, [trial-000 (baseline)]" in note
     assert note.startswith("**Winner: ")  # first: the UI shows a description's first lines
     assert "| `norm.type` |" in note and "| trick | winner | baseline |" in note  # its tricks against the baseline's
     assert "1 stopped early by ASHA" in note and "2 failed (1 diverged, 1 failed)" in note
     assert "all 7 trials ran" in note
-    assert f"[{MODEL_NAME} version 1](#/models/{MODEL_NAME}/versions/1)" in note
+    assert f"[{MODEL_NAME} version 1](#/models/{MODEL_NAME}/versions/1{ML})" in note
     # the experiment's description is the latest search's story
     assert logged.client.get_experiment(experiment_id).tags[TAG_NOTE] == note
 

@@ -13,6 +13,9 @@ from autotrick.records import Outcome, SearchResult, TrialRecord
 BEST_MARK = " ★ best"
 
 
+ML_VIEW = "?workflowType=machine_learning"  # else MLflow 3.17 may open the page in its GenAI view
+
+
 @dataclass(frozen=True)
 class Links:
     """Where the UI's pages are, as links inside its single-page app (relative: any host works)."""
@@ -23,7 +26,7 @@ class Links:
 
     def run(self, number: int, name: str) -> str:
         run_id = self.run_ids.get(number)
-        return f"[{name}](#/experiments/{self.experiment_id}/runs/{run_id})" if run_id else name
+        return f"[{name}](#/experiments/{self.experiment_id}/runs/{run_id}{ML_VIEW})" if run_id else name
 
 
 def number_text(value: float | None) -> str:
@@ -103,8 +106,8 @@ def search_note(result: SearchResult, links: Links, *, running: bool = False) ->
     lines += ["", f"**Trials**: {_counts(result)}. **Stopped because** {_why_stopped(result)}."]
     if links.model is not None:
         model, version = links.model
-        lines += ["", f"**Model**: registered as [{model} version {version}](#/models/{model}/versions/{version}) "
-                  "(alias `@champion`)."]
+        page = f"#/models/{model}/versions/{version}{ML_VIEW}"
+        lines += ["", f"**Model**: registered as [{model} version {version}]({page}) (alias `@champion`)."]
     if best is not None:
         lines += ["", *_tricks_table(best, result)]
     lines += ["", setup]
