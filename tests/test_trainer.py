@@ -78,6 +78,10 @@ def test_warmup_is_stepped_every_iteration() -> None:
     # after epoch 1 (12 steps taken) it is 13/24 of the peak, after epoch 2 the peak itself
     assert reports[0].lr == pytest.approx(0.05 * 13 / 24)
     assert reports[1].lr == pytest.approx(0.05)
+    # each report carries the lr of each of its optimizer steps, numbered over the run: the warmup
+    steps = [pair for report in reports for pair in report.step_lrs]
+    assert [step for step, _ in steps] == list(range(1, 37))
+    assert [lr for _, lr in steps[:24]] == pytest.approx([0.05 * k / 24 for k in range(1, 25)])
 
 
 def test_the_command_in_a_fresh_process_prints_everything_before_its_quick_exit(tmp_path: Path) -> None:
