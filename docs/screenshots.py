@@ -111,6 +111,10 @@ def main() -> None:
         driver.get(f"{base}#/models/{MODEL}/versions/1{view}")
         WebDriverWait(driver, 90, 0.5).until(lambda d: "Schema" in text(d))
         close_assistant(driver)
+        for schema in driver.find_elements(By.XPATH, "//*[starts-with(text(), 'Inputs (') or "
+                                                     "starts-with(text(), 'Outputs (')]"):
+            with contextlib.suppress(Exception):
+                driver.execute_script("arguments[0].click();", schema)
         time.sleep(3)
         driver.save_screenshot(str(args.out / "ui-model.png"))
     finally:

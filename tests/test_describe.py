@@ -57,7 +57,7 @@ def test_names_and_notes_of_stopped_and_failed_trials() -> None:
     stopped, failed = record(2, Outcome.ASHA_STOPPED, 0.6, epochs=2), record(3, Outcome.DIVERGED, None, epochs=3)
     assert trial_name(stopped, 15) == "trial-002 (stopped at 2/15)"
     assert trial_name(failed, 15) == "trial-003 (diverged)"
-    assert trial_note(stopped, result(stopped), "val_accuracy_at_epoch_2").startswith(
+    assert trial_note(stopped, INFO, "val_accuracy_at_epoch_2").startswith(
         "Stopped early by ASHA after 2 of 15 epochs (val_accuracy 0.6 then)")
-    assert trial_note(failed, result(failed), None).startswith(
+    assert trial_note(failed, INFO, None).startswith(
         "**diverged** at epoch 3: non-finite training loss in epoch 3")

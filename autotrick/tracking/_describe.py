@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from autotrick.records import Outcome, SearchResult, TrialRecord
+from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
 
 BEST_MARK = " ★ best"
 
@@ -62,9 +62,9 @@ def changed_values(record: TrialRecord, baseline: Mapping[str, object]) -> dict[
     return {key: (value, baseline.get(key)) for key, value in record.values.items() if baseline.get(key) != value}
 
 
-def trial_note(record: TrialRecord, result: SearchResult, comparable: str | None) -> str:
+def trial_note(record: TrialRecord, info: SearchInfo, comparable: str | None) -> str:
     """A trial's own description: why it ended, when that is not simply 'finished'."""
-    info, metric = result.info, result.info.metric
+    metric = info.metric
     if record.outcome.failed:
         epoch = f" at epoch {record.epochs}" if record.epochs else ""
         return (f"**{record.outcome.value}**{epoch}: {record.reason or 'no reason reported'}\n\n"

@@ -170,7 +170,7 @@ class SearchLog:
         end = _now_ms()  # the run spans the trial's time, so the UI shows its duration
         start = end - round(record.seconds * 1000)
         tags = self._child_tags(record)
-        note = trial_note(record, self._result_so_far(record), self._comparable_metric)
+        note = trial_note(record, self.info, self._comparable_metric)
         if note:
             tags[TAG_NOTE] = note
         run = self.client.create_run(self.experiment_id, start_time=start, tags=tags,
@@ -186,18 +186,15 @@ class SearchLog:
         self.client.set_terminated(run_id, record.outcome.mlflow_status, end_time=end)
         return run_id
 
-    def _result_so_far(self, record: TrialRecord) -> SearchResult:
-        return SearchResult(info=self.info, records=[record], interrupted=False)
-
     def _trial_metrics(self, record: TrialRecord, start: int, end: int) -> list[Metric]:
         """The per-epoch curves (step = epoch, timestamped through the trial), the learning rate
         per optimizer step, the final value (of a trial that trained to its own end), the value at
         the common budget, the epochs trained and what the trial measured."""
         points: list[Metric] = []
-        elapsed = 0.0
+        elapsed = record.history[0].get("setup_seconds", 0.0) if record.history else 0.0
         for row in record.history:
             epoch = int(row["epoch"])
-            elapsed = (row.get("setup_seconds", 0.0) if not points else elapsed) + row.get("seconds", 0.0)
+            elapsed += row.get("seconds", 0.0)  # the epoch's end, from the trial's start
             at = min(end, start + round(elapsed * 1000))
             curves = {_CURVE_NAMES.get(key, key): value for key, value in row.items()
                       if key not in ("epoch", *_ONCE) and value is not None}
@@ -326,9 +323,9 @@ class SearchLog:
         # the values the model was chosen by, under the run's names for them (not as new curve points)
         validation = {f"final_{key}": last[key] for key in ("val_accuracy", "val_loss") if key in last}
         dataset = self.inputs[1].dataset if len(self.inputs) > 1 else None
-        _log_batch(self.client, run_id, metrics=[
-            replace_metric(m, model_id=logged.model_id, dataset=dataset) for m in _metrics(validation, _now_ms(),
-                                                                                            step=best.epochs)])
+        linked = [_linked_metric(m, model_id=logged.model_id, dataset=dataset)
+                  for m in _metrics(validation, _now_ms(), step=best.epochs)]
+        _log_batch(self.client, run_id, metrics=linked)
         if result is not None:
             note = model_note(best, result)[:_MAX_TAG_CHARS]
             self.client.update_registered_model(name, description=note)
@@ -337,7 +334,7 @@ class SearchLog:
             self.describe(result)
 
 
-def replace_metric(metric: Metric, *, model_id: str | None, dataset: Any) -> Metric:
+def _linked_metric(metric: Metric, *, model_id: str | None, dataset: Any) -> Metric:
     """A metric linked to a logged model (and the data set it was measured on), as MLflow 3 shows
     it on the model's page."""
     from mlflow.entities import Metric
