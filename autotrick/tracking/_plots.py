@@ -70,8 +70,10 @@ def history_figure(records: list[TrialRecord], info: SearchInfo) -> Figure:
         axes.step([*numbers, last], [*best, best[-1]], where="post", color="C1", label="best so far")
         winner = next(r for r in done if r.metric == best[-1])
         gain = f" ({winner.metric - baseline.metric:+.4f} vs baseline)" if baseline and not winner.baseline else ""  # type: ignore[operator]
+        side = winner.number / max(last, 1)  # keep the label inside the axes at either end
+        align = "left" if side < 0.25 else "right" if side > 0.75 else "center"
         axes.annotate(f"best: trial {winner.number}, {winner.metric:.4f}{gain}", (winner.number, winner.metric),
-                      xytext=(0, 14), textcoords="offset points", ha="center", fontsize="small",
+                      xytext=(0, 14), textcoords="offset points", ha=align, fontsize="small",
                       arrowprops={"arrowstyle": "-", "color": "C1"}, color="C1", weight="bold")
     if baseline is not None:
         axes.axhline(baseline.metric, color="grey", linestyle="--", linewidth=1,  # type: ignore[arg-type]
