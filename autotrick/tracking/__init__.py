@@ -21,6 +21,8 @@ from autotrick.tracking._store import (
     TAG_ROLE,
     TAG_SEARCH,
     TAG_TRIAL,
+    check_store,
+    same_store,
 )
 from autotrick.tracking._ui import serve_ui, ui_url
 from autotrick.tracking._writer import SearchTracker
@@ -28,6 +30,6 @@ from autotrick.tracking._writer import SearchTracker
 __all__ = [
     "CHAMPION", "DEFAULT_TRACKING_URI", "TAG_BASELINE", "TAG_BEST", "TAG_BEST_RUN",
     "TAG_IMPORTANCE", "TAG_NOTE", "TAG_OUTCOME", "TAG_PARENT", "TAG_REASON", "TAG_ROLE", "TAG_SEARCH",
-    "TAG_TRIAL", "SearchTracker", "export_recipe_text", "fetch_recipe_text", "load_recipe", "serve_ui",
-    "ui_url",
+    "TAG_TRIAL", "SearchTracker", "check_store", "export_recipe_text", "fetch_recipe_text", "load_recipe",
+    "same_store", "serve_ui", "ui_url",
 ]
