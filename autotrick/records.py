@@ -71,6 +71,7 @@ class TrialRecord:
     baseline: bool = False
     seconds: float = 0.0
     measurements: dict[str, float] = field(default_factory=dict)  # e.g. sparsity, nonzero_params
+    error: str = ""                      # a failed trial's traceback or Ray's report: its run's error.txt
 
     def __post_init__(self) -> None:
         self.outcome = Outcome.parse(self.outcome)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 # log_batch limits of MLflow's stores: entities per call, and params or tags among them.
 _MAX_BATCH, _MAX_PARAMS = 1000, 100
 _MAX_TAG_CHARS = 5000  # MLflow refuses tag values over 8000 characters
+ERROR_FILE = "error.txt"  # a failed trial's traceback, as an artifact of its run
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ class SearchLog:
                                      tags=self._child_tags(record), run_name=_trial_name(record))
         run_id = run.info.run_id
         _log_batch(self.client, run_id, metrics=self._trial_metrics(record, end), params=params)
+        if record.error:  # the traceback, or Ray's report of a dead worker: the console shows one line
+            self.client.log_text(run_id, record.error, ERROR_FILE)
         self.client.set_terminated(run_id, record.outcome.mlflow_status, end_time=end)
         return run_id
 
@@ -162,6 +165,11 @@ class SearchLog:
 
     def end(self, interrupted: bool) -> None:
         self.client.set_terminated(self.parent_id, Outcome.INTERRUPTED.mlflow_status if interrupted else "FINISHED")
+
+    def end_early(self, status: str, reason: str) -> None:
+        """The search stopped before it had results: KILLED (interrupted) or FAILED, and why."""
+        self.client.set_tag(self.parent_id, TAG_REASON, reason[:_MAX_TAG_CHARS])
+        self.client.set_terminated(self.parent_id, status)
 
     def _mark_best(self, best_id: str) -> None:
         live_ids = {child.run_id for child in self.children.values()}
