@@ -4,6 +4,7 @@ mistake (an AutotrickError or a click usage error) into one line on stderr and e
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import sys
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 import click
 import yaml
 
-from autotrick.errors import AutotrickError, ConfigError, UserCodeError
+from autotrick.errors import AutotrickError, ConfigError, UserCodeError, first_line
 
 EXIT_USAGE = 2
 
@@ -35,6 +36,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.Abort:
         click.echo("autotrick: aborted", err=True)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # What was written stays whole (atomic files; a cut journal line is set aside on the next start).
+        click.echo(f"autotrick: error: {first_line(exc)}: free some space, then run the command again "
+                   "(a search: with --resume)", err=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -562,10 +562,13 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
          on_record: Callable[[TrialRecord], None]) -> None:
     # Ray's own progress tables only with --verbose: its legacy reporter at verbose=0 prints nothing.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if options.verbose else "0"
-    # A failed trial is one line of ours (its error goes to its MLflow run); Ray's tracebacks of it,
+    # A failed trial is one line of ours (its error goes to its MLflow run): Ray's tracebacks of it,
     # and its closing "Trials did not complete" list, only with --verbose.
     os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "1" if options.verbose else "0"
-    logging.getLogger("ray.tune.tune").setLevel(logging.NOTSET if options.verbose else logging.CRITICAL)
+    # Neither, nor a failure to save Ray's experiment state (a full disk), which autotrick does not
+    # resume from (its Optuna journal is what it resumes).
+    for name in ("ray.tune.tune", "ray.tune.execution.experiment_state"):
+        logging.getLogger(name).setLevel(logging.NOTSET if options.verbose else logging.CRITICAL)
     train = replace(options.train, epochs=options.space.budget.max_epochs,
                     threads=options.threads_per_trial,
                     device="cuda" if options.gpus_per_trial > 0 else options.train.device)

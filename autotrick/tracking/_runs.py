@@ -78,6 +78,8 @@ class SearchLog:
         self.children: dict[int, _Child] = {}
         if parent:
             self._resume()
+            if TAG_REASON in parent.data.tags:  # why an earlier session ended: this one goes on
+                self.client.delete_tag(self.parent_id, TAG_REASON)
 
     def _create_parent(self) -> str:
         info = self.info
