@@ -234,8 +234,8 @@ def run_search_command(request: SearchRequest) -> int:
     with StopSignals() as signals, contextlib.ExitStack() as held:
         try:
             return _search(request, signals, held)
-        except KeyboardInterrupt:  # before the search began: nothing to resume
-            click.echo(f"autotrick: stopped by {signals.name} before the search began", err=True)
+        except KeyboardInterrupt:  # outside the search's own handling: while starting, or closing
+            click.echo(f"autotrick: stopped by {signals.name}", err=True)
             return signals.exit_code
 
 

@@ -401,6 +401,12 @@ def _worker_error(trial: Trial) -> tuple[str, str]:
     return reason[:500], text[-_MAX_ERROR_CHARS:]
 
 
+_PROBE_TIMEOUT_S = 10
+# Connecting to a cluster: one attempt to reach its GCS (of 10 s: RAY_py_gcs_connect_timeout_s
+# above), not Ray's 20 attempts of 30 s. Read when ray.init connects; a user's own value wins.
+_CONNECT_ENV = {"RAY_gcs_server_port_wait_time_s": "1"}
+
+
 def check_address(address: str) -> None:
     """A cluster address that nothing answers fails now, in one line: Ray itself would retry for
     many minutes. (A port that answers but is not Ray's fails in ray.init, bounded by
@@ -416,12 +422,6 @@ def check_address(address: str) -> None:
     except OSError as error:
         raise ConfigError(f"--address {address}: no Ray cluster answers there ({first_line(error)}); start one "
                           "with `ray start --head`, or drop --address to start a local Ray") from None
-
-
-_PROBE_TIMEOUT_S = 10
-# Connecting to a cluster: one attempt to reach its GCS (of 10 s: RAY_py_gcs_connect_timeout_s
-# above), not Ray's 20 attempts of 30 s. Read when ray.init connects; a user's own value wins.
-_CONNECT_ENV = {"RAY_gcs_server_port_wait_time_s": "1"}
 
 
 @contextlib.contextmanager

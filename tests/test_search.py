@@ -187,27 +187,33 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(
     if stop == signal.SIGHUP:  # its ending is SIGTERM's, with its own code; the resume is the others'
         return
     if stop == signal.SIGTERM:  # what a resume may not change is refused, naming both values
+        state = journal.read_bytes()
         refused = subprocess.run([sys.executable, "-m", "autotrick", "search", "--name", "cut", "--resume",
                                   "--max-epochs", "9"], cwd=workdir, capture_output=True, text=True, timeout=180)
         assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
             "autotrick: error: --max-epochs 9: search 'cut' was started with --max-epochs 3, and a resumed search "
             "keeps it (only --trials, --time-budget, --concurrency, --address, --num-cpus, --output, --register "
             "may change); drop --max-epochs, or start a new search with another --name"]
+        assert journal.read_bytes() == state
 
-    resumed = cli(workdir, "search", "--name", "cut", "--resume")
+    again = {signal.SIGINT: ["--trials", "9"],  # may change: the budget raised
+             signal.SIGKILL: ["--space", "quick", "--max-epochs", "3", "--tracking-uri", "sqlite:///mlflow.db"],
+             }.get(stop, [])  # or given again with the same values (the same store, named otherwise)
+    trials = 9 if stop == signal.SIGINT else 8
+    resumed = cli(workdir, "search", "--name", "cut", "--resume", *again)
     out, err = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, out + err
-    assert out.startswith("search 'cut': quick space, cnn on digits, 8 trials x up to 3 epochs")
+    assert out.startswith(f"search 'cut': quick space, cnn on digits, {trials} trials x up to 3 epochs")
     if stop == signal.SIGKILL:
         assert f"autotrick: took over the lock of dead process {process.pid} on " in err
         assert "optuna.journal: set aside " in err and list(journal.parent.glob("optuna.journal.torn-*"))
     records = records_from_study(study_of(workdir, "cut"))
     numbers = [r.number for r in records]
-    assert len(records) == 8 and len(set(numbers)) == 8
+    assert len(records) == trials and len(set(numbers)) == trials
     assert before <= set(numbers)  # nothing finished before the interrupt was lost
     assert max(r.epochs for r in records) <= 3  # the stored budget, not the space's 15 epochs
     drawn = [tuple(sorted((k, str(v)) for k, v in r.values.items())) for r in records]
-    assert len(set(drawn)) == 8  # and nothing was repeated
+    assert len(set(drawn)) == trials  # and nothing was repeated
     assert (workdir / "cut.recipe.yaml").exists()
 
     runs = mlflow_runs(workdir, "cut")
