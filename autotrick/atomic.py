@@ -11,11 +11,15 @@ from pathlib import Path
 
 
 def write_text_atomically(path: str | Path, text: str) -> Path:
+    return write_bytes_atomically(path, text.encode())
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as file:
-            file.write(text)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)

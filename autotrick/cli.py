@@ -4,31 +4,45 @@ mistake (an AutotrickError or a click usage error) into one line on stderr and e
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import click
 import yaml
 
-from autotrick.errors import AutotrickError, ConfigError
+from autotrick.errors import AutotrickError, ConfigError, UserCodeError, first_line
 
 EXIT_USAGE = 2
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        code = cli.main(args=list(argv) if argv is not None else None, prog_name="autotrick",
-                        standalone_mode=False)
+        code = cli.main(args=args, prog_name="autotrick", standalone_mode=False)
     except (AutotrickError, click.UsageError, click.BadParameter, click.FileError) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        if isinstance(exc, UserCodeError) and exc.__cause__ is not None:
+            if {"-v", "--verbose"} & set(args):
+                traceback.print_exception(exc.__cause__)
+            else:
+                message += " (-v shows its traceback)"
         click.echo(f"autotrick: error: {' '.join(message.split())}", err=True)
         sys.exit(EXIT_USAGE)
     except click.Abort:
         click.echo("autotrick: aborted", err=True)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # What was written stays whole (atomic files; a cut journal line is set aside on the next start).
+        click.echo(f"autotrick: error: {first_line(exc)}: free some space, then run the command again "
+                   "(a search: with --resume)", err=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -103,6 +117,8 @@ def _train_options(f: Any) -> Any:
               help="a recipe: file.yaml, runs:/RUN_ID/recipe.yaml or models:/NAME@champion")
 @click.option("--set", "sets", multiple=True, metavar="TRICK.PARAM=VALUE",
               help="set a trick parameter (repeatable; applied over the recipe)")
+@click.option("--verbose", "-v", is_flag=True, expose_value=False,  # read by main()
+              help="show your own model's or data code's traceback when it raises")
 def train(model: str | None, data: str | None, data_dir: str | None, seed: int, device: str,
           epochs: int | None, batch_size: int | None, recipe_ref: str | None, sets: Sequence[str]) -> None:
     """Train once with the given tricks (all off by default) and print each epoch."""
@@ -129,27 +145,32 @@ def spaces() -> None:
 
 
 @cli.command()
-@click.option("--space", default="quick", show_default=True, help="a built-in space name or a .yaml path")
+@click.option("--space", default=None, help="a built-in space name or a .yaml path (default: quick)")
 @click.option("--model", default=None, help="default: the space's model")
 @click.option("--data", default=None, help="default: the space's data set")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False))
 @click.option("--trials", default=None, type=click.IntRange(min=1), help="default: the space's budget")
 @click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="default: the space's budget")
 @click.option("--time-budget", default=None, type=click.FloatRange(min=1), help="stop after SECONDS")
-@click.option("--cpus-per-trial", default=1.0, show_default=True, type=click.FloatRange(min=0.01))
-@click.option("--gpus-per-trial", default=0.0, show_default=True, type=click.FloatRange(min=0),
-              help="fractional: 0.25 runs 4 trials on one GPU")
+@click.option("--cpus-per-trial", default=None, type=click.FloatRange(min=0.01), help="default: 1")
+@click.option("--gpus-per-trial", default=None, type=click.FloatRange(min=0),
+              help="fractional: 0.25 runs 4 trials on one GPU (default: 0)")
 @click.option("--concurrency", default=None, type=click.IntRange(min=1),
               help="trials at a time (default: as many as the resources hold)")
 @click.option("--address", default=None, help="an existing Ray cluster (default: start a local Ray)")
 @click.option("--name", default=None, help="the search's name (default: the space's name)")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--resume", is_flag=True, help="continue the interrupted search --name")
+@click.option("--seed", default=None, type=int, help="default: 0")
+@click.option("--resume", is_flag=True,
+              help="continue the interrupted search --name with the options it started with; only "
+                   "--trials, --time-budget, --concurrency, --address, --num-cpus, --output, --register and "
+                   "-v may differ")
 @click.option("--output", "-o", default=None, help="where to write the best recipe (default NAME.recipe.yaml)")
 @click.option("--tracking-uri", default=None, help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
 @click.option("--register", default=None, metavar="NAME", help="register the best model in MLflow as NAME")
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
-@click.option("--verbose", "-v", is_flag=True, help="show Ray's own tables and logs")
+@click.option("--verbose", "-v", is_flag=True,
+              help="show Ray's own tables and logs, failed trials' tracebacks, and your own code's traceback "
+                   "when it raises")
 def search(**options: Any) -> None:
     """Search which tricks pay off: Ray Tune runs the trials, Optuna samples them, ASHA stops poor ones."""
     from autotrick.commands import SearchRequest, run_search_command

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -12,9 +13,10 @@ from typing import Any
 import click
 
 from autotrick.atomic import write_text_atomically
-from autotrick.errors import ConfigError
+from autotrick.errors import ConfigError, first_line
 from autotrick.recipe import Recipe
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord, better
+from autotrick.signals import StopSignals
 from autotrick.trainer import EpochReport, TrainConfig, run_trial
 
 
@@ -46,7 +48,6 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
               epochs: int | None, batch_size: int | None, recipe_ref: str | None,
               sets: Mapping[str, Any]) -> None:
     """Validate everything, then train once and print one line per epoch and a summary."""
-    from autotrick.data import load_data
     from autotrick.space import resolve_values
 
     given: dict[str, Any] = {}
@@ -67,7 +68,7 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
     if device == "cpu":  # re-running a recipe's own trial: its thread count, for the same numbers
         same_trial = (config.model, config.data) == (settings.get("model"), settings.get("data"))
         config = replace(config, threads=(settings.get("threads") if same_trial else None) or os.cpu_count())
-    load_data(config.data, config.data_dir)  # a missing folder fails here, before anything trains
+    check_model_and_data(config.model, config.data, config.data_dir)  # before anything is printed or trained
     changed = {k: v for k, v in values.items() if k in given}
     click.echo(f"train {config.model} on {config.data}, {config.epochs} epochs, batch {config.batch_size}, "
                f"seed {config.seed}, {config.device}; tricks: {_short(changed) or 'none (the baseline)'}")
@@ -99,26 +100,27 @@ def _fmt(value: Any) -> str:
 
 # --------------------------------------------------------------------------- search
 
-STATE_ROOT = Path(".autotrick")
+DEFAULT_SPACE = "quick"
 
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """`autotrick search`'s options, as given (None: the space's own value)."""
+    """`autotrick search`'s options, as given (None: not given: the stored value of a resumed
+    search, else the default or the space's own value)."""
 
-    space: str = "quick"
+    space: str | None = None  # default quick
     model: str | None = None
     data: str | None = None
     data_dir: str | None = None
     trials: int | None = None
     max_epochs: int | None = None
     time_budget: float | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    cpus_per_trial: float | None = None  # default 1
+    gpus_per_trial: float | None = None  # default 0
     concurrency: int | None = None
     address: str | None = None
     name: str | None = None
-    seed: int = 0
+    seed: int | None = None  # default 0
     resume: bool = False
     output: str | None = None
     verbose: bool = False
@@ -127,47 +129,70 @@ class SearchRequest:
     num_cpus: int | None = None  # a local Ray's CPUs (tests and benchmarks pin 2)
 
 
-def prepare_search(request: SearchRequest) -> tuple[Any, Path]:
-    """Validate every input of a search, before Ray or MLflow start and before anything is written."""
-    from autotrick.search import SearchOptions
-    from autotrick.space import load_space
+@dataclass(frozen=True)
+class _Prepared:
+    """A validated search: what to run, where the recipe goes, and the request as stored."""
 
-    space = load_space(request.space)
+    options: Any  # search.SearchOptions
+    output: Path
+    request: SearchRequest  # every option at its effective value
+    space_yaml: str
+
+
+def search_name(request: SearchRequest) -> str:
+    from autotrick.space import resolve_space_path
+
+    name = request.name or resolve_space_path(request.space or DEFAULT_SPACE).stem
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"--name {name!r}: use letters, digits, '-' and '_' only")
+    return name
+
+
+def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | None = None) -> _Prepared:
+    """Validate every input of a search, before Ray or MLflow start and before anything is written.
+    `space_yaml`: a resumed search's space, as it was when the search started."""
+    from autotrick.data import absolute_data_spec
+    from autotrick.entrypoints import absolute_spec
+    from autotrick.search import SearchOptions, check_address
+    from autotrick.space import read_space_text, resolve_space_path, space_from_text
+    from autotrick.tracking import check_store, resolve_tracking_uri
+
+    if space_yaml is None:
+        space_file = resolve_space_path(request.space or DEFAULT_SPACE).resolve()
+        space_yaml = read_space_text(space_file)
+    else:  # a resumed search's space: the file named may since have changed or gone
+        space_file = Path(request.space or DEFAULT_SPACE)
+    space = space_from_text(space_yaml, space_file)
     max_epochs = request.max_epochs or space.budget.max_epochs
     space = space.with_budget(trials=request.trials, max_epochs=max_epochs,
                               grace_epochs=min(space.budget.grace_epochs, max_epochs))
-    from autotrick.data import absolute_data_spec
-    from autotrick.entrypoints import absolute_spec
-
     # Absolute paths: Ray runs trials in folders of their own.
     model, data = absolute_spec(request.model or space.model), absolute_data_spec(request.data or space.data)
-    check_model_and_data(model, data, request.data_dir)
-    name = request.name or space.name
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"--name {name!r}: use letters, digits, '-' and '_' only")
-    state_dir = (STATE_ROOT / name).resolve()  # absolute: Ray workers run in other folders
-    exists = (state_dir / "optuna.journal").exists()
-    if request.resume and not exists:
-        raise ConfigError(f"--resume: no search named '{name}' in {state_dir}; start it without --resume")
-    if exists and not request.resume:
-        raise ConfigError(f"a search named '{name}' exists in {state_dir}: add --resume to continue it, "
-                          "or pick another --name")
-    if request.cpus_per_trial <= 0 or request.gpus_per_trial < 0:
+    data_dir = str(Path(request.data_dir).resolve()) if request.data_dir else None
+    check_model_and_data(model, data, data_dir)
+    cpus, gpus = request.cpus_per_trial or 1.0, request.gpus_per_trial or 0.0
+    if cpus <= 0 or gpus < 0:
         raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-    output = Path(request.output or f"{name}.recipe.yaml")
+    output = Path(request.output or f"{state_dir.name}.recipe.yaml")
     if not output.parent.is_dir():
         raise ConfigError(f"--output {output}: the folder {output.parent} does not exist")
-    data_dir = str(Path(request.data_dir).resolve()) if request.data_dir else None
+    if request.address:
+        check_address(request.address)
+    tracking_uri = resolve_tracking_uri(request.tracking_uri)  # the flag, MLFLOW_TRACKING_URI, or mlflow.db
+    check_store(tracking_uri)
+    seed = request.seed or 0
     train = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=max_epochs,
-                        batch_size=space.batch_size, seed=request.seed,
-                        device="cuda" if request.gpus_per_trial > 0 else "cpu")
-    options = SearchOptions(name=name, space=space, train=train, state_dir=state_dir,
-                            cpus_per_trial=request.cpus_per_trial, gpus_per_trial=request.gpus_per_trial,
+                        batch_size=space.batch_size, seed=seed, device="cuda" if gpus > 0 else "cpu")
+    options = SearchOptions(name=state_dir.name, space=space, train=train, state_dir=state_dir,
+                            cpus_per_trial=cpus, gpus_per_trial=gpus,
                             concurrency=request.concurrency, address=request.address,
                             num_cpus=request.num_cpus, time_budget_s=request.time_budget,
                             resume=request.resume, verbose=request.verbose,
                             save_models=request.register is not None)
-    return options, output
+    effective = replace(request, space=str(space_file), model=model, data=data, data_dir=data_dir,
+                        trials=space.budget.trials, max_epochs=max_epochs, cpus_per_trial=cpus,
+                        gpus_per_trial=gpus, seed=seed, output=str(output), tracking_uri=tracking_uri)
+    return _Prepared(options, output, effective, space_yaml)
 
 
 def check_model_and_data(model: str, data: str, data_dir: str | None) -> None:
@@ -180,20 +205,86 @@ def check_model_and_data(model: str, data: str, data_dir: str | None) -> None:
                 image_size=images.image_size)
 
 
+def _resumed_request(request: SearchRequest, stored: dict[str, Any] | None,
+                     name: str) -> tuple[SearchRequest, str | None]:
+    """A resumed search's request: what it started with, and what may change (autotrick.request)."""
+    from autotrick.data import absolute_data_spec
+    from autotrick.entrypoints import absolute_spec
+    from autotrick.request import as_path, check_space_unchanged, resumed
+    from autotrick.space import builtin_spaces, read_space_text, resolve_space_path
+    from autotrick.tracking import same_store
+
+    if stored is None:  # started by an autotrick that did not store its request: as given
+        return request, None
+
+    def space_file(space: str) -> str:
+        return str(builtin_spaces().get(space, Path(space)).resolve())
+
+    merged, space_yaml = resumed(request, stored, name, same={
+        "space": space_file, "model": absolute_spec, "data": absolute_data_spec, "data_dir": as_path,
+        "tracking_uri": same_store})
+    if request.space is not None:
+        check_space_unchanged(request.space, read_space_text(resolve_space_path(request.space)), space_yaml, name)
+    return merged, space_yaml
+
+
 def run_search_command(request: SearchRequest) -> int:
-    """Validate, search, print one line per trial and a summary, write the recipe; the exit code."""
+    """Validate, take the search (one owner per name), search, print one line per trial and a
+    summary, write the recipe; the exit code. SIGTERM and SIGHUP stop it as Ctrl-C does."""
+    with StopSignals() as signals, contextlib.ExitStack() as held:
+        try:
+            return _search(request, signals, held)
+        except KeyboardInterrupt:  # outside the search's own handling: while starting, or closing
+            click.echo(f"autotrick: stopped by {signals.name}", err=True)
+            return signals.exit_code
+
+
+def _search(request: SearchRequest, signals: StopSignals, held: contextlib.ExitStack) -> int:
+    from autotrick.request import stored_form
+    from autotrick.state import SearchFolder
+
+    name = search_name(request)
+    folder = SearchFolder(name)
+    space_yaml = None
+    if request.resume:
+        if not folder.started():
+            raise ConfigError(f"--resume: no search named '{name}' in {folder.path}; start it without --resume")
+        _say(held.enter_context(folder.owned("resume")))  # refuses while another process runs it
+        request, space_yaml = _resumed_request(request, folder.read_request(), name)
+    elif folder.started():
+        held.enter_context(folder.owned("start"))  # a running search is named; a finished one:
+        raise ConfigError(f"a search named '{name}' exists in {folder.path}: add --resume to continue it, "
+                          "or pick another --name")
+    prepared = prepare_search(request, folder.path, space_yaml)
+    if not request.resume:
+        _say(held.enter_context(folder.owned("start")))
+        if folder.started():  # the same search started by another process a moment ago, and ended
+            raise ConfigError(f"a search named '{name}' exists in {folder.path}: add --resume to continue it, "
+                              "or pick another --name")
+    folder.write_request(stored_form(prepared.request, prepared.space_yaml))
+    _say(folder.repair_journal())
+    return _run(prepared, signals)
+
+
+def _say(line: str | None) -> None:
+    if line:
+        click.echo(f"autotrick: {line}", err=True)
+
+
+def _run(prepared: _Prepared, signals: StopSignals) -> int:
     from autotrick.data import load_data
-    from autotrick.search import run_search
+    from autotrick.search import finished_records, run_search
     from autotrick.tracking import SearchTracker, resolve_tracking_uri
 
-    options, output = prepare_search(request)
+    options, output, request = prepared.options, prepared.output, prepared.request
     info = options.info(versions())
     data = load_data(options.train.data, options.train.data_dir)  # loaded (and cached) by prepare_search
     tracker = SearchTracker(info, tracking_uri=request.tracking_uri, resume=request.resume, dataset=data)
-    progress = _ProgressPrinter(info)
+    progress = _ProgressPrinter(info, verbose=request.verbose)
     click.echo(f"search '{info.name}': {options.space.name} space, {info.model} on {info.data}, "
                f"{info.trials} trials x up to {info.max_epochs} epochs, {info.metric} ({info.mode}); "
                f"MLflow {resolve_tracking_uri(request.tracking_uri)}" + ("; resuming" if request.resume else ""))
+    resume_hint = f"resume with `autotrick search --name {info.name} --resume`"
 
     def on_record(record: TrialRecord) -> None:
         progress(record)
@@ -211,16 +302,26 @@ def run_search_command(request: SearchRequest) -> int:
         tracker.search_finished(result, recipe, model=model, register_name=request.register,
                                 example_input=_example_input(data) if model is not None else None)
 
-    result = run_search(options, info, on_record, before_shutdown)
+    try:
+        result = run_search(options, info, on_record, before_shutdown)
+    except KeyboardInterrupt:  # a signal outside Tune's loop (starting, or a second one)
+        done = len(finished_records(options))
+        tracker.search_ended_early("KILLED", f"interrupted by {signals.name} after {done} of {info.trials} trials")
+        tracker.close()
+        click.echo(f"interrupted by {signals.name} after {done} of {info.trials} trials: {resume_hint}", err=True)
+        return signals.exit_code
+    except BaseException as error:  # the parent run must not be left RUNNING
+        tracker.search_ended_early("FAILED", first_line(error))
+        tracker.close()
+        raise
     waited = time.perf_counter()
     tracker.close()
     result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time
     result.timings["logging_cpu_s"] = tracker.logging_seconds
     click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id, request.tracking_uri))
     if result.interrupted:
-        click.echo(f"interrupted after {len(result.records)} of {info.trials} trials: resume with "
-                   f"`autotrick search --name {info.name} --resume`", err=True)
-        return 130
+        click.echo(f"interrupted after {len(result.records)} of {info.trials} trials: {resume_hint}", err=True)
+        return signals.exit_code
     return 0 if result.best is not None else 1
 
 
@@ -283,8 +384,9 @@ def _best_model(options: Any, best: TrialRecord | None) -> Any:
 class _ProgressPrinter:
     """One line per finished trial: its number, metric, epochs, outcome, best so far, its tricks."""
 
-    def __init__(self, info: SearchInfo) -> None:
+    def __init__(self, info: SearchInfo, *, verbose: bool = False) -> None:
         self.trials, self.metric, self.mode = info.trials, info.metric, info.mode
+        self.verbose = verbose  # a failed trial's traceback too
         self.done = 0
         self.best: float | None = None
 
@@ -298,6 +400,8 @@ class _ProgressPrinter:
         why = f" ({record.reason})" if record.reason and not record.successful else ""
         click.echo(f"trial {self.done:>3}/{self.trials}  #{record.number:<3} {self.metric} {metric}  "
                    f"{record.epochs:>3} ep  {record.outcome:<16} best {best}  {tricks}{why}")
+        if self.verbose and record.error:
+            click.echo(record.error.rstrip(), err=True)
 
 
 def _changed(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from autotrick.entrypoints import (
     FORMS,
     absolute_spec,
     accepted_kwargs,
+    call_user_function,
     check_callable_with,
     is_callable_spec,
     load_callable,
@@ -240,7 +241,7 @@ def _from_function(spec: str, data_dir: str | None) -> ImageData:
     fn = load_callable(spec, "data set")
     kwargs = accepted_kwargs(fn, {"data_dir": data_dir})
     check_callable_with(fn, kwargs, spec, "data set", "fn() or fn(data_dir=...)")
-    result = fn(**kwargs)
+    result = call_user_function(fn, kwargs, spec, "data set")
     if not (isinstance(result, tuple | list) and len(result) == 2):
         raise ConfigError(f"data set '{spec}': the function returned {type(result).__name__}; "
                           f"expected {_RETURNS}")
@@ -324,6 +325,9 @@ def _image_data(name: str, train_x: Tensor, train_y: Tensor, val_x: Tensor, val_
     if train_x.shape[1:] != val_x.shape[1:]:
         raise ConfigError(f"data set '{name}': train images are {tuple(train_x.shape[1:])} but val images "
                           f"are {tuple(val_x.shape[1:])}; both splits need one image shape")
+    if torch.unique(train_y).numel() < 2:  # every image of one class: nothing to learn, accuracy 1.0
+        raise DataError(f"data set '{name}': its training images are all of one class; a classifier needs "
+                        "at least two")
     mean, std = _channel_stats(train_x)
     if num_classes is None:
         num_classes = int(max(train_y.max(), val_y.max())) + 1

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autotrick.errors import ConfigError, first_line
+from autotrick.errors import ConfigError, UserCodeError, first_line
 
 FORMS = "module:function or path/file.py:function"
 
@@ -104,3 +104,12 @@ def check_callable_with(fn: Callable[..., Any], kwargs: dict[str, Any], spec: st
     except TypeError as error:
         raise ConfigError(f"{what} '{spec}': the function must be callable as {expected} "
                           f"({' '.join(str(error).split())})") from error
+
+
+def call_user_function(fn: Callable[..., Any], kwargs: dict[str, Any], spec: str, what: str) -> Any:
+    """`fn(**kwargs)`; what the user's own code raises becomes one line naming `spec` and the
+    exception (UserCodeError, exit 2), its traceback kept for -v."""
+    try:
+        return fn(**kwargs)
+    except Exception as error:
+        raise UserCodeError(f"{what} '{spec}' raised {first_line(error)}") from error

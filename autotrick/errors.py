@@ -13,6 +13,11 @@ class DataError(AutotrickError):
     """A data set that cannot be found or read where the user said it would be."""
 
 
+class UserCodeError(ConfigError):
+    """The user's own function (a `module:function` model or data set) raised: one line names the
+    function and the exception; the exception is kept as `__cause__`, its traceback shown with -v."""
+
+
 def first_line(error: BaseException) -> str:
     """`Type: first line of the message`, whitespace folded: how an exception is told in one line."""
     lines = str(error).strip().splitlines()

@@ -26,7 +26,14 @@ from typing import Any
 
 from torch import nn
 
-from autotrick.entrypoints import FORMS, accepted_kwargs, check_callable_with, is_callable_spec, load_callable
+from autotrick.entrypoints import (
+    FORMS,
+    accepted_kwargs,
+    call_user_function,
+    check_callable_with,
+    is_callable_spec,
+    load_callable,
+)
 from autotrick.errors import ConfigError, first_line
 
 MODELS: tuple[str, ...] = ("mlp", "cnn", "resnet18")
@@ -138,7 +145,7 @@ def _user_model(spec: str, num_classes: int, in_channels: int, image_size: tuple
     if "num_classes" not in kwargs:
         raise ConfigError(f"model '{spec}': the function must take num_classes, as {expected}")
     check_callable_with(fn, kwargs, spec, "model", expected)
-    model = fn(**kwargs)
+    model = call_user_function(fn, kwargs, spec, "model")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model '{spec}': the function returned {type(model).__name__}; "
                           f"expected an nn.Module from {expected}")

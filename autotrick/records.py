@@ -71,7 +71,7 @@ class TrialRecord:
     baseline: bool = False
     seconds: float = 0.0
     measurements: dict[str, float] = field(default_factory=dict)  # e.g. sparsity, nonzero_params
-    traceback: str = ""                  # the error's traceback, for a trial that raised
+    error: str = ""                      # a failed trial's traceback, or Ray's report of its dead worker
     step_lrs: list[list[float]] = field(default_factory=list)  # [optimizer step, lr] pairs (thinned)
 
     def __post_init__(self) -> None:

@@ -15,13 +15,18 @@ What is added to the glue a user writes by hand, and why:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
 import os
+import signal
+import socket
+import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -35,6 +40,9 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # autotrick resumes from its Optuna study, not from Ray's experiment state: snapshot it rarely.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "300")
+# An attempt to reach a GCS gives up after 10 s, not Ray's 30 (read when Ray is imported; see
+# _CONNECT_ENV): with one attempt, an --address that answers but is not Ray's fails in ~21 s.
+os.environ.setdefault("RAY_py_gcs_connect_timeout_s", "10")
 
 import optuna
 import ray
@@ -47,6 +55,7 @@ from autotrick.errors import ConfigError, first_line
 from autotrick.params import Fixed, Value, suggest_values
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
 from autotrick.space import SearchSpace, baseline_values
+from autotrick.state import JOURNAL_FILE
 from autotrick.system_metrics import PREFIX as SYSTEM_PREFIX
 from autotrick.trainer import EpochReport, TrainConfig
 from autotrick.tricks import TRICKS
@@ -137,7 +146,7 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
         result = run_trial(values, train, report, on_trained=save)
     except Exception as exc:  # recorded as a failed trial; the search goes on
         tune.report({metric: worst, "outcome": Outcome.FAILED.value, "reason": first_line(exc)[:500],
-                     "traceback": traceback.format_exc()[-_TRACEBACK_CHARS:]})
+                     TRACEBACK: traceback.format_exc()[-_MAX_ERROR_CHARS:]})
         return
     finally:
         system.close()
@@ -151,7 +160,8 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
 
 _MEASURED = "measured."  # the prefix of a final report's measurements
 STEP_LRS = "step_lrs"    # an epoch report's [optimizer step, lr] pairs
-_TRACEBACK_CHARS = 20_000
+TRACEBACK = "traceback"   # a failed trial's traceback, for its MLflow run and -v
+_MAX_ERROR_CHARS = 20_000
 
 
 def _save_model(path: Path, model: Any) -> None:
@@ -275,16 +285,11 @@ class _TrickSearcher(Searcher):
             metric=float(value) if finite and not outcome.failed else None,
             epochs=int(result.get("epoch", 0) or 0), history=self._history.pop(trial_id, []),
             reason=str(result.get("reason", "")), baseline=bool(config.get(BASELINE_KEY)),
-            traceback=str(result.get("traceback", "")), step_lrs=self._step_lrs.pop(trial_id, []),
+            error=str(result.get(TRACEBACK, "")), step_lrs=self._step_lrs.pop(trial_id, []),
             measurements={key.removeprefix(_MEASURED): float(v) for key, v in result.items()
                           if key.startswith(_MEASURED)})
         trial.set_user_attr(RECORD, record.to_dict())  # the study is what a resumed search reads back
-        if outcome.successful and finite:
-            self.study.tell(trial, value, state=optuna.trial.TrialState.COMPLETE)
-        elif outcome is Outcome.ASHA_STOPPED and finite:
-            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:  # diverged, oom, failed, interrupted: FAIL, never left RUNNING
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        tell(self.study, trial, record)
         self.finished[trial_id] = record
 
     def save(self, checkpoint_path: str) -> None:
@@ -305,26 +310,44 @@ def _existing_trials(storage: optuna.storages.BaseStorage, study_name: str) -> i
         return 0
 
 
+def tell(study: optuna.Study, trial: optuna.Trial | int, record: TrialRecord) -> None:
+    """Tell Optuna how a trial ended: a success with its metric, an ASHA stop as PRUNED; diverged,
+    oom, failed or interrupted as FAIL, never left RUNNING."""
+    if record.successful:
+        study.tell(trial, record.metric, state=optuna.trial.TrialState.COMPLETE)
+    elif record.outcome is Outcome.ASHA_STOPPED and record.metric is not None:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+
 def _was_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
     """Cut off: left RUNNING by a kill, or FAIL without a record of its own (told FAIL by an
     earlier resume) or with a record saying it was interrupted (Ctrl-C, a signal, the time budget)."""
-    if trial.state == optuna.trial.TrialState.RUNNING:
-        return True
     record = trial.user_attrs.get(RECORD)
-    return trial.state == optuna.trial.TrialState.FAIL and (
-        record is None or Outcome.parse(record["outcome"]) is Outcome.INTERRUPTED)
+    interrupted = record is None or Outcome.parse(record["outcome"]) is Outcome.INTERRUPTED
+    return trial.state == optuna.trial.TrialState.RUNNING or (
+        trial.state == optuna.trial.TrialState.FAIL and interrupted)
 
 
 def requeue_interrupted(study: optuna.Study) -> int:
     """Trials cut off by an earlier session: enqueue their parameters again, once, so the sampler's
     choice is not lost and nothing runs twice. A trial left RUNNING is told FAIL first (a finished
-    trial cannot be changed, so the new trial names the old one). Returns how many were re-queued."""
+    trial cannot be changed, so the new trial names the old one), unless it holds its record: then
+    it ended and only the telling was cut off (a kill, or a torn journal line set aside), and it is
+    told now. Returns how many were re-queued."""
     trials = study.get_trials(deepcopy=False)
     requeued_already = {t.user_attrs.get(REQUEUED_FROM) for t in trials}
     count = 0
     for trial in trials:
         if not _was_interrupted(trial):
             continue
+        record = trial.user_attrs.get(RECORD)
+        if trial.state == optuna.trial.TrialState.RUNNING and record is not None:
+            ended = TrialRecord.from_dict(record)
+            if ended.outcome is not Outcome.INTERRUPTED:
+                tell(study, trial.number, ended)
+                continue
         if trial.state == optuna.trial.TrialState.RUNNING:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         if trial.number in requeued_already:
@@ -371,15 +394,61 @@ class _Progress(tune.Callback):
             return
         record.seconds = time.perf_counter() - started if started else 0.0
         if record.outcome is Outcome.FAILED and not record.reason:
-            error = trial.get_pickled_error()  # the worker died: Ray holds the error
-            record.reason = _error_text(error)
-            record.traceback = str(error)[-_TRACEBACK_CHARS:] if error else ""
+            record.reason, record.error = _worker_error(trial)  # the worker died: Ray holds the error
         self.on_record(record)
 
 
-def _error_text(error: Exception | None) -> str:
-    text = str(error) if error else "the trial's worker failed"
-    return " ".join(text.split())[:500]
+def _worker_error(trial: Trial) -> tuple[str, str]:
+    """Why a trial's worker failed (its process died, or Ray could not run it): one line, and
+    Ray's whole report. The report is the error file Tune writes on the driver for the trial."""
+    path = Path(trial.error_file) if trial.error_file else None
+    text = path.read_text(errors="replace") if path is not None and path.is_file() else ""
+    if not text:
+        error = trial.get_pickled_error()
+        text = str(error) if error else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Failure #")]
+    if "Traceback (most recent call last)" in text:
+        lines.reverse()  # a traceback ends with the exception
+    reason = f"its worker failed: {lines[0]}" if lines else "its worker failed"
+    return reason[:500], text[-_MAX_ERROR_CHARS:]
+
+
+_PROBE_TIMEOUT_S = 10
+# Connecting to a cluster: one attempt to reach its GCS (of 10 s: RAY_py_gcs_connect_timeout_s
+# above), not Ray's 20 attempts of 30 s. Read when ray.init connects; a user's own value wins.
+_CONNECT_ENV = {"RAY_gcs_server_port_wait_time_s": "1"}
+
+
+def check_address(address: str) -> None:
+    """A cluster address that nothing answers fails now, in one line: Ray itself would retry for
+    many minutes. (A port that answers but is not Ray's fails in ray.init, bounded by
+    _CONNECT_ENV.) "auto" and "local" are Ray's own words, not addresses."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: expected HOST:PORT of a Ray cluster's head (e.g. 10.0.0.5:6379), "
+                          "or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=_PROBE_TIMEOUT_S).close()
+    except OSError as error:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({first_line(error)}); start one "
+                          "with `ray start --head`, or drop --address to start a local Ray") from None
+
+
+@contextlib.contextmanager
+def _native_stderr_hidden() -> Iterator[None]:
+    """Ray's C++ core writes its connection retries straight to file descriptor 2 (a line every
+    few seconds while a cluster does not answer); whether it connects is said by ray.init."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _start_ray(options: SearchOptions) -> bool:
@@ -387,11 +456,27 @@ def _start_ray(options: SearchOptions) -> bool:
     if ray.is_initialized():
         return False
     preload = f"{options.train.data}|{options.train.data_dir or ''}"
-    ray.init(address=options.address, num_cpus=None if options.address else options.num_cpus,
-             include_dashboard=False, log_to_driver=options.verbose,
-             logging_level="INFO" if options.verbose else "ERROR",
-             runtime_env={"worker_process_setup_hook": "autotrick.search.warm_worker",
-                          "env_vars": {_PRELOAD_ENV: preload}})
+    if options.address:
+        for key, value in _CONNECT_ENV.items():
+            os.environ.setdefault(key, value)
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    quiet = _native_stderr_hidden() if options.address and not options.verbose else contextlib.nullcontext()
+    try:
+        with quiet:
+            ray.init(address=options.address, num_cpus=None if options.address else options.num_cpus,
+                     include_dashboard=False, log_to_driver=options.verbose,
+                     logging_level="INFO" if options.verbose else "ERROR",
+                     runtime_env={"worker_process_setup_hook": "autotrick.search.warm_worker",
+                                  "env_vars": {_PRELOAD_ENV: preload}})
+    except ConnectionError as error:
+        if not options.address:
+            raise
+        raise ConfigError(f"--address {options.address}: no Ray cluster answered there ({first_line(error)}); "
+                          "check it with `ray status` on the head, or drop --address to start a local Ray") from None
+    finally:
+        if sigterm is not None:  # ray.init makes SIGTERM a bare sys.exit: keep the caller's handler
+            signal.signal(signal.SIGTERM, sigterm)
     return True
 
 
@@ -419,8 +504,7 @@ def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[Tr
     try:
         _check_gpus(options)
         options.state_dir.mkdir(parents=True, exist_ok=True)
-        storage = optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(options.state_dir / "optuna.journal")))
+        storage = _journal(options)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         scheduler = _ASHA(time_attr="training_iteration", max_t=budget.max_epochs,
                           grace_period=budget.grace_epochs, reduction_factor=4)
@@ -450,6 +534,23 @@ def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[Tr
     return result
 
 
+def _journal(options: SearchOptions) -> optuna.storages.JournalStorage:
+    """The study's journal (made whole beforehand by autotrick.state.SearchFolder.repair_journal)."""
+    return optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(options.state_dir / JOURNAL_FILE)))
+
+
+def finished_records(options: SearchOptions) -> list[TrialRecord]:
+    """The trials the study holds now, earlier sessions' included: for a search stopped before
+    run_search could say."""
+    if not (options.state_dir / JOURNAL_FILE).is_file():
+        return []
+    try:
+        return records_from_study(optuna.load_study(study_name=options.name, storage=_journal(options)))
+    except KeyError:  # the study was not created yet
+        return []
+
+
 def _trial_time(records: list[TrialRecord], slots: int, wall: float) -> dict[str, float]:
     """Where the trial phase went: set-up in the trials (data, model, tricks), their epochs, and
     the share of the slots' time spent training (1.0: every slot trained all the time)."""
@@ -473,6 +574,13 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
          on_record: Callable[[TrialRecord], None]) -> None:
     # Ray's own progress tables only with --verbose: its legacy reporter at verbose=0 prints nothing.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if options.verbose else "0"
+    # A failed trial is one line of ours (its error goes to its MLflow run): Ray's tracebacks of it,
+    # and its closing "Trials did not complete" list, only with --verbose.
+    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "1" if options.verbose else "0"
+    # Neither, nor a failure to save Ray's experiment state (a full disk), which autotrick does not
+    # resume from (its Optuna journal is what it resumes).
+    for name in ("ray.tune.tune", "ray.tune.execution.experiment_state"):
+        logging.getLogger(name).setLevel(logging.NOTSET if options.verbose else logging.CRITICAL)
     train = replace(options.train, epochs=options.space.budget.max_epochs,
                     threads=options.threads_per_trial,
                     device="cuda" if options.gpus_per_trial > 0 else options.train.device)
@@ -490,7 +598,14 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
             callbacks=[_Progress(searcher, on_record)],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
-    tuner.fit()
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        tuner.fit()  # SIGINT (and SIGTERM, SIGHUP: autotrick.signals) stops it gracefully
+    finally:
+        if sigint is not None:  # Tune leaves its SIGINT handler installed after a fit nobody interrupted
+            signal.signal(signal.SIGINT, sigint)
 
 
-__all__ = ["SearchOptions", "records_from_study", "requeue_interrupted", "run_search"]
+__all__ = ["SearchOptions", "check_address", "finished_records", "records_from_study", "requeue_interrupted",
+           "run_search", "tell"]

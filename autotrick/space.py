@@ -141,8 +141,21 @@ def resolve_space_path(name_or_path: str) -> Path:
 
 def load_space(name_or_path: str) -> SearchSpace:
     path = resolve_space_path(name_or_path)
+    return space_from_text(read_space_text(path), path)
+
+
+def read_space_text(path: Path) -> str:
     try:
-        raw = yaml.safe_load(path.read_text())
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; a search space is a YAML file (see search_spaces/)") from None
+
+
+def space_from_text(text: str, path: Path) -> SearchSpace:
+    """The space a YAML text describes, named after `path` (a resumed search keeps its space's
+    text, so an edited or deleted file does not change it)."""
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -161,13 +174,18 @@ def parse_space(raw: Any, *, name: str, source: str) -> SearchSpace:
     for key in ("description", "model", "data"):
         if key in raw and not isinstance(raw[key], str):
             raise fail(key, "must be a string")
-    return SearchSpace(
+    space = SearchSpace(
         name=name, source=source, description=raw.get("description", ""),
         model=raw.get("model", "cnn"), data=raw.get("data", "digits"),
         budget=_parse_budget(raw.get("budget") or {}, fail),
         batch_size=_parse_train(raw.get("train") or {}, fail),
         domains=_parse_tricks(raw.get("tricks") or {}, fail),
     )
+    if all(isinstance(domain, Fixed) for domain in space.domains.values()):
+        # Every trial would train the baseline's tricks or one fixed set: nothing to compare.
+        raise fail("tricks", "the space searches nothing: give at least one trick a list of choices, a range or "
+                   f"'{SEARCH_ALL}', e.g. `tricks: {{smoothing: {SEARCH_ALL}}}` (`autotrick tricks` lists them)")
+    return space
 
 
 def _no_unknown_keys(raw: Mapping[str, Any], allowed: tuple[str, ...], where: str, fail: Any) -> None:

@@ -4,6 +4,7 @@ allowed, before Ray or MLflow start, with nothing written and no traceback."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,143 @@ def test_the_quick_exit_still_runs_the_atexit_handlers(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert marker.read_text() == "yes"
+
+
+# --------------------------------------------------------------------------- the real command, in a process
+
+def run_real(args: list[str], cwd: Path, timeout: float = 180) -> tuple[int, str, str]:
+    """`autotrick ARGS` in a fresh process, as a user runs it."""
+    done = subprocess.run([sys.executable, "-m", "autotrick", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return done.returncode, done.stdout, done.stderr
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autotrick: error: "), err
+    return lines[0]
+
+
+RAISING = """
+def build(num_classes):
+    raise RuntimeError("boom in the user's model\\nits second line")
+
+
+def data():
+    raise ValueError("no data in the user's function")
+"""
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["search", "--space", "empty.yaml"], "empty.yaml: tricks: the space searches nothing"),
+    (["search", "--space", "binary.yaml"], "binary.yaml: not a text file"),
+    (["train", "--recipe", "binary.yaml"], "recipe binary.yaml: not a text file"),
+    (["show", "binary.yaml"], "recipe binary.yaml: not a text file"),
+    (["search", "--model", "raising.py:build"],
+     "raising.py:build' raised RuntimeError: boom in the user's model (-v shows its traceback)"),
+    (["train", "--model", "raising.py:build"],
+     "model 'raising.py:build' raised RuntimeError: boom in the user's model (-v shows its traceback)"),
+    (["search", "--data", "raising.py:data"],
+     "raising.py:data' raised ValueError: no data in the user's function (-v shows its traceback)"),
+    (["search", "--data", "imagefolder:one_class"], "its training images are all of one class"),
+], ids=["empty space", "binary space", "binary recipe", "show binary", "search model raises", "train model raises",
+        "search data raises", "one class"])
+def test_the_remaining_bad_inputs_exit_2_with_one_line_and_write_nothing(
+        args: list[str], expected: str, in_empty_dir: Path) -> None:
+    from PIL import Image
+
+    (in_empty_dir / "empty.yaml").write_text("")
+    (in_empty_dir / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    (in_empty_dir / "raising.py").write_text(RAISING)
+    for split in ("train", "val"):
+        folder = in_empty_dir / "one_class" / split / "cats"
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    before = sorted(p.name for p in in_empty_dir.iterdir())
+    code, out, err = run_real(args, in_empty_dir)
+    assert code == 2 and expected in one_error_line(err) and out == ""
+    assert "Traceback" not in err
+    assert sorted(p.name for p in in_empty_dir.iterdir() if p.name != "__pycache__") == before
+
+
+def test_a_users_raising_code_shows_its_traceback_with_v(in_empty_dir: Path) -> None:
+    (in_empty_dir / "raising.py").write_text(RAISING)
+    code, _, err = run_real(["train", "--model", "raising.py:build", "-v"], in_empty_dir)
+    assert code == 2
+    assert 'raising.py", line 3, in build' in err and "its second line" in err  # the user's traceback
+    assert err.strip().splitlines()[-1] == ("autotrick: error: model 'raising.py:build' raised RuntimeError: "
+                                            "boom in the user's model")
+
+
+def test_a_file_where_the_state_folder_goes_exits_2_before_mlflow(in_empty_dir: Path) -> None:
+    (in_empty_dir / ".autotrick").write_text("not a folder")
+    code, _, err = run_real(["search", "--name", "blocked"], in_empty_dir)
+    assert code == 2 and "cannot create the search's folder" in one_error_line(err) and ".autotrick" in err
+    assert sorted(p.name for p in in_empty_dir.iterdir()) == [".autotrick"]  # no mlflow.db
+
+
+def test_an_address_where_no_ray_answers_fails_fast_with_one_line(in_empty_dir: Path) -> None:
+    from conftest import free_port
+
+    started = time.monotonic()
+    code, _, err = run_real(["search", "--address", f"127.0.0.1:{free_port()}"], in_empty_dir)
+    assert code == 2 and "no Ray cluster answers there (ConnectionRefusedError" in one_error_line(err)
+    assert time.monotonic() - started < 60  # measured 3-5 s: process start and validation; Ray would retry ~13 min
+    assert list(in_empty_dir.iterdir()) == []
+
+
+def foreign_database(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
+        db.execute("INSERT INTO invoices (amount) VALUES (12.5)")
+
+
+def corrupted_store(path: Path) -> None:
+    """A real MLflow store with a page in its middle overwritten."""
+    from autotrick.tracking._store import seed_sqlite_store
+
+    seed_sqlite_store(f"sqlite:///{path}")
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[8 * page:10 * page] = bytes(range(256)) * (2 * page // 256)
+    path.write_bytes(bytes(data))
+
+
+COMMANDS = {
+    "search": ["search"],
+    "export": ["export", "--name", "quick", "-o", "out.yaml"],
+    "show": ["show", "runs:/0123456789abcdef/recipe.yaml"],
+    "ui": ["ui", "--port", "1"],  # the store is refused before the port is looked at
+    "train": ["train", "--recipe", "runs:/0123456789abcdef/recipe.yaml"],
+}
+
+
+@pytest.mark.parametrize("store", ["foreign", "corrupted"])
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_store_that_is_not_mlflows_or_not_sane_is_refused_untouched(
+        store: str, command: str, in_empty_dir: Path) -> None:
+    db = in_empty_dir / "mlflow.db"
+    (foreign_database if store == "foreign" else corrupted_store)(db)
+    before = db.read_bytes()
+    code, _, err = run_real(COMMANDS[command], in_empty_dir)
+    line = one_error_line(err)
+    assert code == 2 and str(db) in line
+    assert ("another application's SQLite database (tables: invoices)" if store == "foreign"
+            else "the SQLite database is damaged") in line
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in in_empty_dir.iterdir()) == ["mlflow.db"]
+
+
+@pytest.mark.parametrize("command", ["search", "show"])
+def test_an_unreachable_tracking_server_is_refused_fast(command: str, in_empty_dir: Path) -> None:
+    from conftest import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    code, _, err = run_real([*COMMANDS[command], "--tracking-uri", uri], in_empty_dir)
+    assert code == 2 and f"--tracking-uri {uri}: no MLflow tracking server answers there" in one_error_line(err)
+    assert time.monotonic() - started < 60
+    assert list(in_empty_dir.iterdir()) == []

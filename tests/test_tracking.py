@@ -103,7 +103,7 @@ def make_records(study: optuna.Study) -> list[TrialRecord]:
             curves = history(2, 0.3, diverged=True)
             trace = 'Traceback (most recent call last):\n  File "trainer.py", line 1\nRuntimeError: boom\n'
             records.append(TrialRecord(number, values, outcome, None, 2, curves, reason,
-                                       traceback=trace if outcome == "failed" else ""))
+                                       error=trace if outcome == "failed" else ""))
         else:
             epochs = 2 if outcome is Outcome.ASHA_STOPPED else 4
             # The patience-stopped trial was also pruned: what it measured goes to its run.
@@ -297,7 +297,7 @@ def test_a_failed_trial_says_why_in_its_description_and_an_artifact(logged: Logg
     for number, reason in ((3, "loss became nan at epoch 2"), (4, "RuntimeError: boom")):
         run = logged.children[number]
         assert reason in run.data.tags[TAG_NOTE]
-        path = logged.client.download_artifacts(run.info.run_id, "failure.txt", str(tmp_path / str(number)))
+        path = logged.client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path / str(number)))
         failure = Path(path).read_text()
         assert reason in failure
     assert "Traceback (most recent call last)" in failure and 'File "trainer.py"' in failure

@@ -21,7 +21,9 @@ from autotrick.tracking._store import (
     TAG_ROLE,
     TAG_SEARCH,
     TAG_TRIAL,
+    check_store,
     resolve_tracking_uri,
+    same_store,
 )
 from autotrick.tracking._ui import is_server, serve_ui, ui_url
 from autotrick.tracking._writer import SearchTracker
@@ -29,6 +31,6 @@ from autotrick.tracking._writer import SearchTracker
 __all__ = [
     "CHAMPION", "DEFAULT_TRACKING_URI", "TAG_BASELINE", "TAG_BEST", "TAG_BEST_RUN",
     "TAG_IMPORTANCE", "TAG_NOTE", "TAG_OUTCOME", "TAG_PARENT", "TAG_REASON", "TAG_ROLE", "TAG_SEARCH",
-    "TAG_TRIAL", "SearchTracker", "export_recipe_text", "fetch_recipe_text", "is_server", "load_recipe",
-    "resolve_tracking_uri", "serve_ui", "ui_url",
+    "TAG_TRIAL", "SearchTracker", "check_store", "export_recipe_text", "fetch_recipe_text", "is_server",
+    "load_recipe", "resolve_tracking_uri", "same_store", "serve_ui", "ui_url",
 ]

@@ -68,7 +68,7 @@ def trial_note(record: TrialRecord, info: SearchInfo, comparable: str | None) ->
     if record.outcome.failed:
         epoch = f" at epoch {record.epochs}" if record.epochs else ""
         return (f"**{record.outcome.value}**{epoch}: {record.reason or 'no reason reported'}\n\n"
-                "The reason and traceback are in the artifact `failure.txt`.")
+                "The reason and traceback are in the artifact `error.txt`.")
     if record.outcome is Outcome.ASHA_STOPPED:
         at = next((row.get(metric) for row in record.history if row.get("epoch") == record.epochs), record.metric)
         note = (f"Stopped early by ASHA after {record.epochs} of {info.max_epochs} epochs ({metric} "

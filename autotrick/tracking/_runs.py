@@ -75,7 +75,7 @@ if TYPE_CHECKING:
 # log_batch limits of MLflow's stores: entities per call, and params or tags among them.
 _MAX_BATCH, _MAX_PARAMS = 1000, 100
 _MAX_TAG_CHARS = 5000  # MLflow refuses tag values over 8000 characters
-FAILURE_FILE = "failure.txt"
+ERROR_FILE = "error.txt"  # a failed trial's reason and traceback (or Ray's report), on its run
 # An epoch report's fields as the run's metrics: `seconds` says which seconds; the set-up is one
 # figure for the trial, logged once.
 _CURVE_NAMES = {"seconds": "epoch_seconds"}
@@ -112,6 +112,8 @@ class SearchLog:
         self.best_id = parent.data.tags.get(TAG_BEST_RUN) if parent else None
         if parent:
             self._resume()
+            if TAG_REASON in parent.data.tags:  # why an earlier session ended: this one goes on
+                self.client.delete_tag(self.parent_id, TAG_REASON)
 
     @property
     def _final_metric(self) -> str:
@@ -179,10 +181,9 @@ class SearchLog:
         _log_batch(self.client, run_id, metrics=self._trial_metrics(record, start, end), params=params)
         if self.inputs:
             self.client.log_inputs(run_id, datasets=self.inputs)
-        if record.outcome.failed:
+        if record.outcome.failed:  # the console shows one line; the whole story is the run's error.txt
             failure = f"{record.outcome.value} after {record.epochs} epoch(s): {record.reason}\n"
-            self.client.log_text(run_id, failure + (f"\n{record.traceback}" if record.traceback else ""),
-                                 FAILURE_FILE)
+            self.client.log_text(run_id, failure + (f"\n{record.error}" if record.error else ""), ERROR_FILE)
         self.client.set_terminated(run_id, record.outcome.mlflow_status, end_time=end)
         return run_id
 
@@ -264,6 +265,11 @@ class SearchLog:
 
     def end(self, interrupted: bool) -> None:
         self.client.set_terminated(self.parent_id, Outcome.INTERRUPTED.mlflow_status if interrupted else "FINISHED")
+
+    def end_early(self, status: str, reason: str) -> None:
+        """The search stopped before it had results: KILLED (interrupted) or FAILED, and why."""
+        self.client.set_tag(self.parent_id, TAG_REASON, reason[:_MAX_TAG_CHARS])
+        self.client.set_terminated(self.parent_id, status)
 
     def _mark_best(self, best_id: str, best: TrialRecord, result: SearchResult) -> None:
         live_ids = {child.run_id for child in self.children.values()}

@@ -73,6 +73,11 @@ class SearchTracker:
             self._jobs.put(lambda log: log.register(best, register_name, model, example_input, result))
         self._jobs.put(lambda log: log.end(result.interrupted))
 
+    def search_ended_early(self, status: str, reason: str) -> None:
+        """The search stopped before it had results (interrupted: "KILLED"; an error: "FAILED"):
+        the parent run ends with that status and the reason as its autotrick.reason tag."""
+        self._jobs.put(lambda log: log.end_early(status, reason))
+
     def close(self, timeout: float | None = None) -> None:
         """Wait for the queued writes; report a failed one as a warning rather than fail the search."""
         if not self._closed:
