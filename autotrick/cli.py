@@ -81,6 +81,11 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
     return values
 
 
+_data_mode_option = click.option(
+    "--data-mode", default="auto", show_default=True, type=click.Choice(["auto", "memory", "stream"]),
+    help="hold the data set in memory, or stream it from disk; auto: stream what does not fit")
+
+
 def _train_options(f: Any) -> Any:
     for option in reversed([
         click.option("--model", default=None, help="mlp | cnn | resnet18 | a torchvision name | module:function"),
@@ -89,7 +94,9 @@ def _train_options(f: Any) -> Any:
         click.option("--data-dir", default=None, type=click.Path(file_okay=False),
                      help="root holding torchvision's on-disk layout; nothing is downloaded"),
         click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"])),
+        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+                     help="auto: CUDA when there is a GPU"),
+        _data_mode_option,
     ]):
         f = option(f)
     return f
@@ -103,13 +110,13 @@ def _train_options(f: Any) -> Any:
               help="a recipe: file.yaml, runs:/RUN_ID/recipe.yaml or models:/NAME@champion")
 @click.option("--set", "sets", multiple=True, metavar="TRICK.PARAM=VALUE",
               help="set a trick parameter (repeatable; applied over the recipe)")
-def train(model: str | None, data: str | None, data_dir: str | None, seed: int, device: str,
+def train(model: str | None, data: str | None, data_dir: str | None, seed: int, device: str, data_mode: str,
           epochs: int | None, batch_size: int | None, recipe_ref: str | None, sets: Sequence[str]) -> None:
     """Train once with the given tricks (all off by default) and print each epoch."""
     from autotrick.commands import run_train
 
     run_train(model=model, data=data, data_dir=data_dir, seed=seed, device=device, epochs=epochs,
-              batch_size=batch_size, recipe_ref=recipe_ref, sets=parse_sets(sets))
+              batch_size=batch_size, recipe_ref=recipe_ref, sets=parse_sets(sets), data_mode=data_mode)
 
 
 @cli.command()
@@ -137,8 +144,8 @@ def spaces() -> None:
 @click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="default: the space's budget")
 @click.option("--time-budget", default=None, type=click.FloatRange(min=1), help="stop after SECONDS")
 @click.option("--cpus-per-trial", default=1.0, show_default=True, type=click.FloatRange(min=0.01))
-@click.option("--gpus-per-trial", default=0.0, show_default=True, type=click.FloatRange(min=0),
-              help="fractional: 0.25 runs 4 trials on one GPU")
+@click.option("--gpus-per-trial", default="auto", show_default=True,
+              help="auto: 1 when Ray has GPUs, else 0; fractional: 0.25 runs 4 trials on one GPU")
 @click.option("--concurrency", default=None, type=click.IntRange(min=1),
               help="trials at a time (default: as many as the resources hold)")
 @click.option("--address", default=None, help="an existing Ray cluster (default: start a local Ray)")
@@ -149,6 +156,7 @@ def spaces() -> None:
 @click.option("--tracking-uri", default=None, help="an MLflow tracking URI (default: sqlite:///mlflow.db)")
 @click.option("--register", default=None, metavar="NAME", help="register the best model in MLflow as NAME")
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
+@_data_mode_option
 @click.option("--verbose", "-v", is_flag=True, help="show Ray's own tables and logs")
 def search(**options: Any) -> None:
     """Search which tricks pay off: Ray Tune runs the trials, Optuna samples them, ASHA stops poor ones."""

@@ -44,10 +44,13 @@ def format_epoch(r: EpochReport) -> str:
 
 def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed: int, device: str,
               epochs: int | None, batch_size: int | None, recipe_ref: str | None,
-              sets: Mapping[str, Any]) -> None:
+              sets: Mapping[str, Any], data_mode: str = "auto") -> None:
     """Validate everything, then train once and print one line per epoch and a summary."""
-    from autotrick.data import load_data
+    from autotrick.data import check_data_mode, describe_data, plan_data
+    from autotrick.device import resolve_device
     from autotrick.space import resolve_values
+
+    device, data_mode = resolve_device(device), check_data_mode(data_mode)
 
     given: dict[str, Any] = {}
     settings: dict[str, Any] = {}
@@ -67,10 +70,13 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
     if device == "cpu":  # re-running a recipe's own trial: its thread count, for the same numbers
         same_trial = (config.model, config.data) == (settings.get("model"), settings.get("data"))
         config = replace(config, threads=(settings.get("threads") if same_trial else None) or os.cpu_count())
-    load_data(config.data, config.data_dir)  # a missing folder fails here, before anything trains
+    # A missing folder fails here, before anything trains; a data set too big for memory streams.
+    plan = plan_data(describe_data(config.data, config.data_dir), data_mode, device=config.device)
+    config = replace(config, data_mode=plan.mode)
     changed = {k: v for k, v in values.items() if k in given}
     click.echo(f"train {config.model} on {config.data}, {config.epochs} epochs, batch {config.batch_size}, "
-               f"seed {config.seed}, {config.device}; tricks: {_short(changed) or 'none (the baseline)'}")
+               f"seed {config.seed}, {config.device}, {plan.describe()}; "
+               f"tricks: {_short(changed) or 'none (the baseline)'}")
     started = time.perf_counter()
     result = run_trial(values, config, lambda r: click.echo(format_epoch(r)))
     summary = (f"{result.outcome}: val_accuracy {result.val_accuracy:.4f}  val_loss {result.val_loss:.4f}  "
@@ -114,7 +120,7 @@ class SearchRequest:
     max_epochs: int | None = None
     time_budget: float | None = None
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | str = "auto"  # a number, or auto: 1 when Ray has GPUs, else 0
     concurrency: int | None = None
     address: str | None = None
     name: str | None = None
@@ -125,6 +131,7 @@ class SearchRequest:
     tracking_uri: str | None = None
     register: str | None = None
     num_cpus: int | None = None  # a local Ray's CPUs (tests and benchmarks pin 2)
+    data_mode: str = "auto"  # memory | stream | auto (by size)
 
 
 def prepare_search(request: SearchRequest) -> tuple[Any, Path]:
@@ -136,12 +143,14 @@ def prepare_search(request: SearchRequest) -> tuple[Any, Path]:
     max_epochs = request.max_epochs or space.budget.max_epochs
     space = space.with_budget(trials=request.trials, max_epochs=max_epochs,
                               grace_epochs=min(space.budget.grace_epochs, max_epochs))
-    from autotrick.data import absolute_data_spec
+    from autotrick.data import absolute_data_spec, check_data_mode, plan_data
     from autotrick.entrypoints import absolute_spec
 
     # Absolute paths: Ray runs trials in folders of their own.
     model, data = absolute_spec(request.model or space.model), absolute_data_spec(request.data or space.data)
-    check_model_and_data(model, data, request.data_dir)
+    check_data_mode(request.data_mode)
+    gpus = gpus_per_trial(request.gpus_per_trial, address=request.address)
+    size = check_model_and_data(model, data, request.data_dir)
     name = request.name or space.name
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"--name {name!r}: use letters, digits, '-' and '_' only")
@@ -152,17 +161,22 @@ def prepare_search(request: SearchRequest) -> tuple[Any, Path]:
     if exists and not request.resume:
         raise ConfigError(f"a search named '{name}' exists in {state_dir}: add --resume to continue it, "
                           "or pick another --name")
-    if request.cpus_per_trial <= 0 or request.gpus_per_trial < 0:
-        raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    if request.cpus_per_trial <= 0:
+        raise ConfigError(f"--cpus-per-trial {request.cpus_per_trial:g}: must be > 0")
     output = Path(request.output or f"{name}.recipe.yaml")
     if not output.parent.is_dir():
         raise ConfigError(f"--output {output}: the folder {output.parent} does not exist")
     data_dir = str(Path(request.data_dir).resolve()) if request.data_dir else None
+    # Each trial process holds its own copy of in-memory data: the budget is split between them.
+    cpus = request.num_cpus or os.cpu_count() or 1
+    at_once = request.concurrency or max(1, int(cpus // request.cpus_per_trial))
+    plan = plan_data(size, request.data_mode, device="cuda" if gpus else "cpu", trials_at_once=at_once,
+                     gpu_share=gpus or 1.0)
     train = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=max_epochs,
                         batch_size=space.batch_size, seed=request.seed,
-                        device="cuda" if request.gpus_per_trial > 0 else "cpu")
+                        device="auto" if gpus is None else "cuda" if gpus > 0 else "cpu", data_mode=plan.mode)
     options = SearchOptions(name=name, space=space, train=train, state_dir=state_dir,
-                            cpus_per_trial=request.cpus_per_trial, gpus_per_trial=request.gpus_per_trial,
+                            cpus_per_trial=request.cpus_per_trial, gpus_per_trial=gpus, data_plan=plan.describe(),
                             concurrency=request.concurrency, address=request.address,
                             num_cpus=request.num_cpus, time_budget_s=request.time_budget,
                             resume=request.resume, verbose=request.verbose,
@@ -170,14 +184,44 @@ def prepare_search(request: SearchRequest) -> tuple[Any, Path]:
     return options, output
 
 
-def check_model_and_data(model: str, data: str, data_dir: str | None) -> None:
-    """Fail early, in the driver, on a model or data set that cannot be built or found."""
-    from autotrick.data import load_data
+def check_model_and_data(model: str, data: str, data_dir: str | None) -> Any:
+    """Fail early, in the driver, on a model or data set that cannot be built or found; returns
+    the data set's DataSize (told without decoding it where it may not fit in memory)."""
+    from autotrick.data import describe_data
     from autotrick.models import build_model
 
-    images = load_data(data, data_dir)
-    build_model(model, num_classes=images.num_classes, in_channels=images.in_channels,
-                image_size=images.image_size)
+    size = describe_data(data, data_dir)
+    build_model(model, num_classes=size.num_classes, in_channels=size.in_channels, image_size=size.image_size)
+    return size
+
+
+def gpus_per_trial(value: float | str, *, address: str | None) -> float | None:
+    """--gpus-per-trial as a number. auto: 1 when this machine has a GPU (what a local Ray will
+    have), else 0; None on a cluster (--address), whose GPUs the search counts once it is connected."""
+    if value == "auto":
+        if address:
+            return None
+        import torch
+
+        return 1.0 if torch.cuda.device_count() > 0 else 0.0
+    try:
+        gpus = float(value)
+    except (TypeError, ValueError):
+        gpus = -1.0
+    if not gpus >= 0:  # also NaN
+        raise ConfigError(f"--gpus-per-trial {value}: expected auto or a number >= 0 (0.25: 4 trials per GPU)")
+    return gpus
+
+
+def describe_gpus(gpus: float | None, requested: float | str) -> str:
+    """The header's words for the trials' GPUs."""
+    auto = requested == "auto"
+    if gpus is None:
+        return "1 GPU per trial if the cluster has GPUs, else the CPU (auto)"
+    if gpus == 0:
+        return "CPU only (auto: no GPU here)" if auto else "CPU only"
+    share = f"{gpus:g} GPU per trial" + (f" ({1 / gpus:g} trials per GPU)" if gpus < 1 else "")
+    return share + (" (auto: a GPU is here)" if auto else "")
 
 
 def run_search_command(request: SearchRequest) -> int:
@@ -190,7 +234,8 @@ def run_search_command(request: SearchRequest) -> int:
     tracker = SearchTracker(info, tracking_uri=request.tracking_uri, resume=request.resume)
     progress = _ProgressPrinter(info)
     click.echo(f"search '{info.name}': {options.space.name} space, {info.model} on {info.data}, "
-               f"{info.trials} trials x up to {info.max_epochs} epochs, {info.metric} ({info.mode})"
+               f"{info.trials} trials x up to {info.max_epochs} epochs, {info.metric} ({info.mode}); "
+               f"{describe_gpus(options.gpus_per_trial, request.gpus_per_trial)}, {options.data_plan}"
                + ("; resuming" if request.resume else ""))
 
     def on_record(record: TrialRecord) -> None:
@@ -251,7 +296,7 @@ def _best_model(options: Any, best: TrialRecord | None) -> Any:
     import torch
 
     from autotrick.apply import prepare_model
-    from autotrick.data import load_data
+    from autotrick.data import describe_data
     from autotrick.models import build_model
     from autotrick.search import saved_model_path
 
@@ -260,7 +305,7 @@ def _best_model(options: Any, best: TrialRecord | None) -> Any:
     path = saved_model_path(options.state_dir, best.number)
     if not path.exists():
         return None
-    images = load_data(options.train.data, options.train.data_dir)
+    images = describe_data(options.train.data, options.train.data_dir)
     model = prepare_model(build_model(options.train.model, num_classes=images.num_classes,
                                       in_channels=images.in_channels, image_size=images.image_size),
                           best.values)

@@ -46,7 +46,7 @@ def test_digits_is_sklearns_load_digits_in_the_reference_split() -> None:
 
 
 def test_digits_is_cached_and_deterministic() -> None:
-    from autotrick import data as data_module
+    from autotrick.data import sources as data_module
 
     first = load_data("digits")
     assert load_data("digits") is first  # once per process, not once per trial
