@@ -3,12 +3,12 @@ against the in-memory path, with real JPEG files on disk, real torch and real wo
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from PIL import Image
@@ -129,53 +129,69 @@ def build(num_classes, in_channels):
 '''
 
 
-def peak_rss_growth(run: Callable[[], object]) -> int:
-    """The most this process's resident memory grew over its size before `run`, sampled every 10 ms."""
-    process = psutil.Process()
+MEASURE = """
+import json, sys, threading, time
+import psutil
+import torch
+from autotrick.data import open_feed
+from autotrick.trainer import TrainConfig, run_trial
+
+spec, model = sys.argv[1], sys.argv[2]
+process = psutil.Process()
+
+
+def peak_rss_growth(run):
     before, peak, done = process.memory_info().rss, [0], threading.Event()
 
-    def sample() -> None:
+    def sample():
         while not done.is_set():
             peak[0] = max(peak[0], process.memory_info().rss)
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    try:
-        run()
-    finally:
-        done.set()
-        sampler.join()
+    run()
+    done.set()
+    sampler.join()
     return max(peak[0], process.memory_info().rss) - before
 
 
-def test_streaming_keeps_memory_bounded(tmp_path: Path) -> None:
-    """3,600 JPEGs read at 160x160 by the user's lazy dataset: 276 MB decoded. Streamed, the
+def train_streamed():
+    config = TrainConfig(model=model, data=spec, epochs=1, batch_size=32, threads=2, data_mode="stream")
+    assert run_trial({}, config).outcome == "finished"
+
+
+train_streamed()  # the first run in a process imports and allocates what later ones reuse
+streamed = peak_rss_growth(train_streamed)
+held = peak_rss_growth(lambda: open_feed(spec, None, device=torch.device("cpu"), mode="memory"))
+print(json.dumps({"stream": streamed, "memory": held}))
+"""
+
+
+def test_streaming_keeps_memory_bounded(small_jpegs: Path, tmp_path: Path) -> None:
+    """The 2,400 JPEGs read at 256x256 by the user's lazy dataset: 472 MB decoded. Streamed, the
     process's peak grows by under a third of that (what is in flight: a float32 evaluation batch
-    of up to 32 MB, a training batch, the loader's prefetched batches); held in memory, by at
-    least the data set itself (so the measurement can see it). One streamed run first, unmeasured:
-    the first run in a process also imports and allocates what every later one reuses."""
-    folder = jpeg_folder(tmp_path / "jpegs", "synthetic:3x32x32:10:3000", quality=75)
-    (tmp_path / "lazy.py").write_text(LAZY_DATA.format(side=160, root=str(folder)))
+    of up to 32 MB, training batches of 32, the loader's prefetched batches); held in memory, by at
+    least the data set itself (loading it, so the measurement can see it). Measured in a fresh process whose
+    allocator returns big blocks when they are freed (a fixed mmap threshold), so that its RSS
+    is what it holds, not what glibc kept; after one unmeasured streamed run, since the first
+    run in a process also imports and allocates what every later one reuses."""
+    (tmp_path / "lazy.py").write_text(LAZY_DATA.format(side=256, root=str(small_jpegs)))
     (tmp_path / "tiny.py").write_text(TINY_MODEL)
     spec = f"{tmp_path / 'lazy.py'}:splits"
     size = describe_data(spec)
-    assert size.streamable and size.image_size == (160, 160)
+    assert size.streamable and size.image_size == (256, 256) and size.num_classes == 10
     decoded = size.decoded_bytes
-    assert decoded == 3600 * 3 * 160 * 160
-
-    def train(mode: str) -> None:
-        config = TrainConfig(model=f"{tmp_path / 'tiny.py'}:build", data=spec, epochs=1, batch_size=64, threads=1,
-                             data_mode=mode)
-        assert run_trial({}, config).outcome == "finished"
-
-    train("stream")
-    streamed = peak_rss_growth(lambda: train("stream"))  # before memory: nothing of the data set is cached yet
-    in_memory = peak_rss_growth(lambda: train("memory"))
-    print(f"peak RSS growth: streamed {streamed / 1e6:.0f} MB, in memory {in_memory / 1e6:.0f} MB, "
+    assert decoded == 2400 * 3 * 256 * 256
+    done = subprocess.run([sys.executable, "-c", MEASURE, spec, f"{tmp_path / 'tiny.py'}:build"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})
+    assert done.returncode == 0, done.stderr
+    growth = json.loads(done.stdout.splitlines()[-1])
+    print(f"peak RSS growth: streamed {growth['stream'] / 1e6:.0f} MB, in memory {growth['memory'] / 1e6:.0f} MB, "
           f"decoded {decoded / 1e6:.0f} MB")
-    assert streamed < decoded / 3, (streamed, in_memory, decoded)
-    assert in_memory > 0.8 * decoded, (streamed, in_memory, decoded)
+    assert growth["stream"] < decoded / 3, (growth, decoded)
+    assert growth["memory"] > 0.8 * decoded, (growth, decoded)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
