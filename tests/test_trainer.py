@@ -123,7 +123,8 @@ STEP_TRICKS = {"smoothing.eps": 0.1, "clip.max_norm": 1.0, "optim.l1": 1e-5, "op
 
 @pytest.mark.parametrize("data", ["digits", "stream"])
 def test_the_step_reads_nothing_back_from_the_device(data: str, tmp_path: Path) -> None:
-    """An epoch of 12 steps and one of 45 read tensors back the same number of times: per epoch
+    """An epoch at batch 128 and one at batch 32 (digits: 12 steps and 45) read tensors back the
+    same number of times: per epoch
     (the summed loss, the evaluation; streamed, the epoch's order as indices and the loader's
     seed for its workers), never per step."""
     config = TrainConfig(epochs=1, threads=1)
