@@ -95,6 +95,11 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
     return values
 
 
+_data_mode_option = click.option(
+    "--data-mode", default="auto", show_default=True, type=click.Choice(["auto", "memory", "stream"]),
+    help="hold the data set in memory, or stream it from disk; auto: stream what does not fit")
+
+
 def _train_options(f: Any) -> Any:
     for option in reversed([
         click.option("--model", default=None, help="mlp | cnn | resnet18 | a torchvision name | module:function"),
@@ -103,7 +108,9 @@ def _train_options(f: Any) -> Any:
         click.option("--data-dir", default=None, type=click.Path(file_okay=False),
                      help="root holding torchvision's on-disk layout; nothing is downloaded"),
         click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"])),
+        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+                     help="auto: CUDA when there is a GPU"),
+        _data_mode_option,
     ]):
         f = option(f)
     return f
@@ -119,13 +126,13 @@ def _train_options(f: Any) -> Any:
               help="set a trick parameter (repeatable; applied over the recipe)")
 @click.option("--verbose", "-v", is_flag=True, expose_value=False,  # read by main()
               help="show your own model's or data code's traceback when it raises")
-def train(model: str | None, data: str | None, data_dir: str | None, seed: int, device: str,
+def train(model: str | None, data: str | None, data_dir: str | None, seed: int, device: str, data_mode: str,
           epochs: int | None, batch_size: int | None, recipe_ref: str | None, sets: Sequence[str]) -> None:
     """Train once with the given tricks (all off by default) and print each epoch."""
     from autotrick.commands import run_train
 
     run_train(model=model, data=data, data_dir=data_dir, seed=seed, device=device, epochs=epochs,
-              batch_size=batch_size, recipe_ref=recipe_ref, sets=parse_sets(sets))
+              batch_size=batch_size, recipe_ref=recipe_ref, sets=parse_sets(sets), data_mode=data_mode)
 
 
 @cli.command()
@@ -153,8 +160,8 @@ def spaces() -> None:
 @click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="default: the space's budget")
 @click.option("--time-budget", default=None, type=click.FloatRange(min=1), help="stop after SECONDS")
 @click.option("--cpus-per-trial", default=None, type=click.FloatRange(min=0.01), help="default: 1")
-@click.option("--gpus-per-trial", default=None, type=click.FloatRange(min=0),
-              help="fractional: 0.25 runs 4 trials on one GPU (default: 0)")
+@click.option("--gpus-per-trial", default=None,
+              help="auto (the default): 1 when Ray has GPUs, else 0; fractional: 0.25 runs 4 trials on one GPU")
 @click.option("--concurrency", default=None, type=click.IntRange(min=1),
               help="trials at a time (default: as many as the resources hold)")
 @click.option("--address", default=None, help="an existing Ray cluster (default: start a local Ray)")
@@ -168,6 +175,7 @@ def spaces() -> None:
 @click.option("--tracking-uri", default=None, help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
 @click.option("--register", default=None, metavar="NAME", help="register the best model in MLflow as NAME")
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
+@_data_mode_option
 @click.option("--verbose", "-v", is_flag=True,
               help="show Ray's own tables and logs, failed trials' tracebacks, and your own code's traceback "
                    "when it raises")

@@ -46,9 +46,13 @@ def format_epoch(r: EpochReport) -> str:
 
 def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed: int, device: str,
               epochs: int | None, batch_size: int | None, recipe_ref: str | None,
-              sets: Mapping[str, Any]) -> None:
+              sets: Mapping[str, Any], data_mode: str = "auto") -> None:
     """Validate everything, then train once and print one line per epoch and a summary."""
+    from autotrick.data import check_data_mode, plan_data
+    from autotrick.device import resolve_device
     from autotrick.space import resolve_values
+
+    device, data_mode = resolve_device(device), check_data_mode(data_mode)
 
     given: dict[str, Any] = {}
     settings: dict[str, Any] = {}
@@ -68,10 +72,15 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
     if device == "cpu":  # re-running a recipe's own trial: its thread count, for the same numbers
         same_trial = (config.model, config.data) == (settings.get("model"), settings.get("data"))
         config = replace(config, threads=(settings.get("threads") if same_trial else None) or os.cpu_count())
-    check_model_and_data(config.model, config.data, config.data_dir)  # before anything is printed or trained
+    # Fails here, before anything is printed or trained: a missing folder, a user function that
+    # raises; a data set too big for memory streams.
+    plan = plan_data(check_model_and_data(config.model, config.data, config.data_dir), data_mode,
+                     device=config.device)
+    config = replace(config, data_mode=plan.mode)
     changed = {k: v for k, v in values.items() if k in given}
     click.echo(f"train {config.model} on {config.data}, {config.epochs} epochs, batch {config.batch_size}, "
-               f"seed {config.seed}, {config.device}; tricks: {_short(changed) or 'none (the baseline)'}")
+               f"seed {config.seed}, {config.device}, {plan.describe()}; "
+               f"tricks: {_short(changed) or 'none (the baseline)'}")
     started = time.perf_counter()
     result = run_trial(values, config, lambda r: click.echo(format_epoch(r)))
     summary = (f"{result.outcome}: val_accuracy {result.val_accuracy:.4f}  val_loss {result.val_loss:.4f}  "
@@ -116,7 +125,7 @@ class SearchRequest:
     max_epochs: int | None = None
     time_budget: float | None = None
     cpus_per_trial: float | None = None  # default 1
-    gpus_per_trial: float | None = None  # default 0
+    gpus_per_trial: float | str | None = None  # a number, or auto (the default): 1 when Ray has GPUs, else 0
     concurrency: int | None = None
     address: str | None = None
     name: str | None = None
@@ -127,6 +136,7 @@ class SearchRequest:
     tracking_uri: str | None = None
     register: str | None = None
     num_cpus: int | None = None  # a local Ray's CPUs (tests and benchmarks pin 2)
+    data_mode: str | None = None  # memory | stream | auto (the default: by size)
 
 
 @dataclass(frozen=True)
@@ -166,13 +176,17 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     max_epochs = request.max_epochs or space.budget.max_epochs
     space = space.with_budget(trials=request.trials, max_epochs=max_epochs,
                               grace_epochs=min(space.budget.grace_epochs, max_epochs))
+    from autotrick.data import check_data_mode, plan_data
+
     # Absolute paths: Ray runs trials in folders of their own.
     model, data = absolute_spec(request.model or space.model), absolute_data_spec(request.data or space.data)
     data_dir = str(Path(request.data_dir).resolve()) if request.data_dir else None
-    check_model_and_data(model, data, data_dir)
-    cpus, gpus = request.cpus_per_trial or 1.0, request.gpus_per_trial or 0.0
-    if cpus <= 0 or gpus < 0:
-        raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    data_mode = check_data_mode(request.data_mode or "auto")
+    gpus = gpus_per_trial(request.gpus_per_trial, address=request.address)
+    size = check_model_and_data(model, data, data_dir)
+    cpus = request.cpus_per_trial or 1.0
+    if cpus <= 0:
+        raise ConfigError(f"--cpus-per-trial {cpus:g}: must be > 0")
     output = Path(request.output or f"{state_dir.name}.recipe.yaml")
     if not output.parent.is_dir():
         raise ConfigError(f"--output {output}: the folder {output.parent} does not exist")
@@ -181,28 +195,66 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     tracking_uri = resolve_tracking_uri(request.tracking_uri)  # the flag, MLFLOW_TRACKING_URI, or mlflow.db
     check_store(tracking_uri)
     seed = request.seed or 0
+    # Each trial process holds its own copy of in-memory data: the budget is split between them.
+    machine_cpus = request.num_cpus or os.cpu_count() or 1
+    at_once = request.concurrency or max(1, int(machine_cpus // cpus))
+    plan = plan_data(size, data_mode, device="cuda" if gpus else "cpu", trials_at_once=at_once,
+                     gpu_share=gpus or 1.0)
     train = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=max_epochs,
-                        batch_size=space.batch_size, seed=seed, device="cuda" if gpus > 0 else "cpu")
+                        batch_size=space.batch_size, seed=seed,
+                        device="auto" if gpus is None else "cuda" if gpus > 0 else "cpu", data_mode=plan.mode)
     options = SearchOptions(name=state_dir.name, space=space, train=train, state_dir=state_dir,
-                            cpus_per_trial=cpus, gpus_per_trial=gpus,
+                            cpus_per_trial=cpus, gpus_per_trial=gpus, data_plan=plan.describe(),
                             concurrency=request.concurrency, address=request.address,
                             num_cpus=request.num_cpus, time_budget_s=request.time_budget,
                             resume=request.resume, verbose=request.verbose,
                             save_models=request.register is not None)
     effective = replace(request, space=str(space_file), model=model, data=data, data_dir=data_dir,
                         trials=space.budget.trials, max_epochs=max_epochs, cpus_per_trial=cpus,
-                        gpus_per_trial=gpus, seed=seed, output=str(output), tracking_uri=tracking_uri)
+                        gpus_per_trial=gpus, seed=seed, output=str(output), tracking_uri=tracking_uri,
+                        data_mode=data_mode)
     return _Prepared(options, output, effective, space_yaml)
 
 
-def check_model_and_data(model: str, data: str, data_dir: str | None) -> None:
-    """Fail early, in the driver, on a model or data set that cannot be built or found."""
-    from autotrick.data import load_data
+def check_model_and_data(model: str, data: str, data_dir: str | None) -> Any:
+    """Fail early, in the driver, on a model or data set that cannot be built or found; returns
+    the data set's DataSize (told without decoding it where it may not fit in memory)."""
+    from autotrick.data import describe_data
     from autotrick.models import build_model
 
-    images = load_data(data, data_dir)
-    build_model(model, num_classes=images.num_classes, in_channels=images.in_channels,
-                image_size=images.image_size)
+    size = describe_data(data, data_dir)
+    build_model(model, num_classes=size.num_classes, in_channels=size.in_channels, image_size=size.image_size)
+    return size
+
+
+def gpus_per_trial(value: float | str | None, *, address: str | None) -> float | None:
+    """--gpus-per-trial as a number. auto (or not given): 1 when this machine has a GPU (what a local
+    Ray will have), else 0; None on a cluster (--address), whose GPUs the search counts once it is
+    connected."""
+    if value is None or value == "auto":
+        if address:
+            return None
+        import torch
+
+        return 1.0 if torch.cuda.device_count() > 0 else 0.0
+    try:
+        gpus = float(value)
+    except (TypeError, ValueError):
+        gpus = -1.0
+    if not gpus >= 0:  # also NaN
+        raise ConfigError(f"--gpus-per-trial {value}: expected auto or a number >= 0 (0.25: 4 trials per GPU)")
+    return gpus
+
+
+def describe_gpus(gpus: float | None, requested: float | str | None) -> str:
+    """The header's words for the trials' GPUs."""
+    auto = requested is None or requested == "auto"
+    if gpus is None:
+        return "1 GPU per trial if the cluster has GPUs, else the CPU (auto)"
+    if gpus == 0:
+        return "CPU only (auto: no GPU here)" if auto else "CPU only"
+    share = f"{gpus:g} GPU per trial" + (f" ({1 / gpus:g} trials per GPU)" if gpus < 1 else "")
+    return share + (" (auto: a GPU is here)" if auto else "")
 
 
 def _resumed_request(request: SearchRequest, stored: dict[str, Any] | None,
@@ -222,7 +274,7 @@ def _resumed_request(request: SearchRequest, stored: dict[str, Any] | None,
 
     merged, space_yaml = resumed(request, stored, name, same={
         "space": space_file, "model": absolute_spec, "data": absolute_data_spec, "data_dir": as_path,
-        "tracking_uri": same_store})
+        "tracking_uri": same_store, "gpus_per_trial": lambda gpus: gpus_per_trial(gpus, address=request.address)})
     if request.space is not None:
         check_space_unchanged(request.space, read_space_text(resolve_space_path(request.space)), space_yaml, name)
     return merged, space_yaml
@@ -278,11 +330,14 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
 
     options, output, request = prepared.options, prepared.output, prepared.request
     info = options.info(versions())
-    data = load_data(options.train.data, options.train.data_dir)  # loaded (and cached) by prepare_search
+    # The data set as MLflow's dataset input, digest and all: in-memory data only, which
+    # prepare_search loaded (and cached) already; a streamed one is never loaded whole.
+    data = load_data(options.train.data, options.train.data_dir) if options.train.data_mode == "memory" else None
     tracker = SearchTracker(info, tracking_uri=request.tracking_uri, resume=request.resume, dataset=data)
     progress = _ProgressPrinter(info, verbose=request.verbose)
     click.echo(f"search '{info.name}': {options.space.name} space, {info.model} on {info.data}, "
                f"{info.trials} trials x up to {info.max_epochs} epochs, {info.metric} ({info.mode}); "
+               f"{describe_gpus(options.gpus_per_trial, request.gpus_per_trial)}, {options.data_plan}; "
                f"MLflow {resolve_tracking_uri(request.tracking_uri)}" + ("; resuming" if request.resume else ""))
     resume_hint = f"resume with `autotrick search --name {info.name} --resume`"
 
@@ -364,7 +419,7 @@ def _best_model(options: Any, best: TrialRecord | None) -> Any:
     import torch
 
     from autotrick.apply import prepare_model
-    from autotrick.data import load_data
+    from autotrick.data import describe_data
     from autotrick.models import build_model
     from autotrick.search import saved_model_path
 
@@ -373,7 +428,7 @@ def _best_model(options: Any, best: TrialRecord | None) -> Any:
     path = saved_model_path(options.state_dir, best.number)
     if not path.exists():
         return None
-    images = load_data(options.train.data, options.train.data_dir)
+    images = describe_data(options.train.data, options.train.data_dir)
     model = prepare_model(build_model(options.train.model, num_classes=images.num_classes,
                                       in_channels=images.in_channels, image_size=images.image_size),
                           best.values)

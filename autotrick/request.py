@@ -21,8 +21,9 @@ Request = TypeVar("Request")
 
 # How far (the trial budget, the time budget), how fast (trials at a time, a local Ray's CPUs),
 # where it runs (the cluster's address may change between sessions) and where it reports (the
-# recipe file, the registered model's name).
-RESUME_MAY_CHANGE = ("trials", "time_budget", "concurrency", "address", "num_cpus", "output", "register")
+# recipe file, the registered model's name), and how the data reaches the trials (the same numbers either way).
+RESUME_MAY_CHANGE = ("trials", "time_budget", "concurrency", "address", "num_cpus", "output", "register",
+                     "data_mode")
 _NOT_STORED = ("name", "resume", "verbose")
 _SPACE_TEXT = "space_yaml"  # the space's YAML as it was: an edited or deleted file does not change the search
 FORMAT = "autotrick_request"

@@ -10,7 +10,11 @@ What is added to the glue a user writes by hand, and why:
   PRUNED: Ray's OptunaSearch leaves a NaN trial RUNNING), so an interrupted search resumes from it
   without losing or repeating trials;
 - the first trial is the baseline (every trick off), so each search says what its tricks gained;
-- an interrupted `fit()` returns normally: the trial count is checked, not trusted.
+- an interrupted `fit()` returns normally: the trial count is checked, not trusted;
+- GPUs by default: `gpus_per_trial=None` (auto, on a cluster) is resolved once connected: one GPU
+  per trial when the cluster has one, none otherwise. A trial with a GPU share trains on CUDA,
+  unless AUTOTRICK_TRIAL_DEVICE names another device: the tests use it (=cpu) to schedule trials
+  on a logical GPU resource of a machine without one.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ REQUEUED_FROM = "autotrick.requeued_from"
 RECORD = "autotrick.record"          # a trial's TrialRecord, kept as a user attribute of the trial
 EPOCH_METRICS = tuple(k for k in EpochReport.__dataclass_fields__ if k != "outcome")
 _PRELOAD_ENV = "AUTOTRICK_PRELOAD"   # "data|data_dir" for the worker setup hook
+TRIAL_DEVICE_ENV = "AUTOTRICK_TRIAL_DEVICE"  # overrides the trials' device (tests: cpu on a logical GPU)
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class SearchOptions:
     train: TrainConfig                 # model, data, epochs (= max epochs), batch size, seed, device
     state_dir: Path                    # .autotrick/<name>: the Optuna journal, Ray's files, saved models
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = 0.0  # None: auto, resolved from the cluster's GPUs once connected
     concurrency: int | None = None     # default: as many trials as the resources hold
     address: str | None = None         # an existing Ray cluster; None starts a local one
     num_cpus: int | None = None        # for a local Ray; None: every core
@@ -87,6 +92,7 @@ class SearchOptions:
     resume: bool = False
     verbose: bool = False
     save_models: bool = False          # keep each trial's weights so the best can be registered
+    data_plan: str = ""                # how the data reaches the trials, as the header says it
 
     @property
     def threads_per_trial(self) -> int:
@@ -371,7 +377,8 @@ class _Progress(tune.Callback):
 
     def __init__(self, searcher: _TrickSearcher, on_record: Callable[[TrialRecord], None]) -> None:
         self.searcher, self.on_record = searcher, on_record
-        self.started: dict[str, float] = {}
+        self.started: dict[str, float] = {}  # the trials running now
+        self.most_at_once = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray pickles callbacks into its experiment state; the record sink (console, MLflow
@@ -380,6 +387,7 @@ class _Progress(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.started[trial.trial_id] = time.perf_counter()
+        self.most_at_once = max(self.most_at_once, len(self.started))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._hand_on(trial)
@@ -455,7 +463,8 @@ def _start_ray(options: SearchOptions) -> bool:
     """Start a local Ray, or connect to a cluster; returns whether we started it (to stop it)."""
     if ray.is_initialized():
         return False
-    preload = f"{options.train.data}|{options.train.data_dir or ''}"
+    # A streamed data set is read by each trial's loader workers, never loaded whole.
+    preload = "" if options.train.data_mode == "stream" else f"{options.train.data}|{options.train.data_dir or ''}"
     if options.address:
         for key, value in _CONNECT_ENV.items():
             os.environ.setdefault(key, value)
@@ -485,7 +494,7 @@ def _concurrency(options: SearchOptions) -> int:
         return options.concurrency
     resources = ray.cluster_resources()
     slots = int(resources.get("CPU", 1) // max(options.cpus_per_trial, 1e-9))
-    if options.gpus_per_trial > 0:
+    if options.gpus_per_trial:
         slots = min(slots, int(resources.get("GPU", 0) // options.gpus_per_trial))
     return max(1, slots)
 
@@ -502,6 +511,7 @@ def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[Tr
     we_started_ray = _start_ray(options)
     timings["ray_start_s"] = time.perf_counter() - started
     try:
+        options = _resolve_gpus(options)
         _check_gpus(options)
         options.state_dir.mkdir(parents=True, exist_ok=True)
         storage = _journal(options)
@@ -513,8 +523,9 @@ def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[Tr
         remaining = budget.trials - len(records_from_study(searcher.study))
         if remaining > 0:
             fit_started = time.perf_counter()
-            _fit(options, searcher, scheduler, remaining, on_record)
+            at_once = _fit(options, searcher, scheduler, remaining, on_record)
             timings["trials_s"] = time.perf_counter() - fit_started
+            timings["trials_at_once"] = at_once
         records = records_from_study(searcher.study)
         timings.update(_trial_time(records, _concurrency(options), timings.get("trials_s", 0.0)))
         result = SearchResult(info=info, records=records, interrupted=len(records) < budget.trials,
@@ -562,16 +573,25 @@ def _trial_time(records: list[TrialRecord], slots: int, wall: float) -> dict[str
     return busy
 
 
+def _resolve_gpus(options: SearchOptions) -> SearchOptions:
+    """auto on a cluster: one GPU per trial when it has a GPU, none otherwise."""
+    if options.gpus_per_trial is not None:
+        return options
+    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return replace(options, gpus_per_trial=gpus, train=replace(options.train, device="cuda" if gpus else "cpu"))
+
+
 def _check_gpus(options: SearchOptions) -> None:
     """Ray would keep a trial that asks for a GPU the cluster lacks pending forever."""
-    if options.gpus_per_trial > 0:
+    if options.gpus_per_trial:
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus < options.gpus_per_trial:
             raise ConfigError(f"--gpus-per-trial {options.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs")
 
 
 def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, trials: int,
-         on_record: Callable[[TrialRecord], None]) -> None:
+         on_record: Callable[[TrialRecord], None]) -> int:
+    """Run the trials; returns the most that ran at once."""
     # Ray's own progress tables only with --verbose: its legacy reporter at verbose=0 prints nothing.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if options.verbose else "0"
     # A failed trial is one line of ours (its error goes to its MLflow run): Ray's tracebacks of it,
@@ -581,13 +601,15 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     # resume from (its Optuna journal is what it resumes).
     for name in ("ray.tune.tune", "ray.tune.execution.experiment_state"):
         logging.getLogger(name).setLevel(logging.NOTSET if options.verbose else logging.CRITICAL)
+    gpus = options.gpus_per_trial or 0.0
     train = replace(options.train, epochs=options.space.budget.max_epochs,
                     threads=options.threads_per_trial,
-                    device="cuda" if options.gpus_per_trial > 0 else options.train.device)
+                    device=os.environ.get(TRIAL_DEVICE_ENV) or ("cuda" if gpus > 0 else "cpu"))
+    progress = _Progress(searcher, on_record)
     trainable = tune.with_parameters(run_one_trial, train=train, metric=options.space.budget.metric,
                                      state_dir=str(options.state_dir.resolve()) if options.save_models else None)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}),
+        tune.with_resources(trainable, {"cpu": options.cpus_per_trial, "gpu": gpus}),
         tune_config=tune.TuneConfig(
             metric=options.space.budget.metric, mode=options.space.budget.mode, search_alg=searcher,
             scheduler=scheduler, num_samples=trials, max_concurrent_trials=_concurrency(options),
@@ -595,7 +617,7 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
         run_config=tune.RunConfig(
             name=f"session-{int(time.time())}", storage_path=str((options.state_dir / "ray").resolve()),
             verbose=2 if options.verbose else 0, log_to_file=False,
-            callbacks=[_Progress(searcher, on_record)],
+            callbacks=[progress],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
     main_thread = threading.current_thread() is threading.main_thread()
@@ -605,6 +627,7 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     finally:
         if sigint is not None:  # Tune leaves its SIGINT handler installed after a fit nobody interrupted
             signal.signal(signal.SIGINT, sigint)
+    return progress.most_at_once
 
 
 __all__ = ["SearchOptions", "check_address", "finished_records", "records_from_study", "requeue_interrupted",

@@ -1,24 +1,27 @@
 """One trial: build the data, the model and the tricks from a dict of values, train, evaluate,
 and report after every epoch through a callback. Imports neither Ray nor MLflow.
 
-The data set is kept on the device as uint8 tensors and sliced into batches (no DataLoader): for
-data that fits in memory this is what makes small trials fast, on the CPU and on a GPU.
-A non-finite loss ends the trial as diverged; running out of memory ends it as oom (records.Outcome).
+Batches come from a Feed (autotrick.data): uint8 images already on the device, sliced from tensors
+held there when the data set fits in memory, streamed by a DataLoader when it does not.
+The training step never reads a tensor back to the host (no sync per step: the GPU's queue runs
+ahead); the epoch's summed loss is read once at its end, and a non-finite loss in any step makes
+it non-finite, which ends the trial as diverged. Running out of memory ends it as oom (records.Outcome).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from autotrick.apply import TrainingSetup, apply_tricks
 from autotrick.augment import basic_augment, normalize
-from autotrick.data import ImageData, load_data
+from autotrick.data import Feed, open_feed
 from autotrick.errors import first_line
 from autotrick.models import build_model
 from autotrick.params import Value
@@ -37,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads; None leaves torch's default
+    data_mode: str = "auto"  # memory | stream | auto (by size: autotrick.data.placement)
 
 
 @dataclass
@@ -85,12 +89,14 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
-    data = _data_on(config, device)
+    # A stream reads with the trial's CPUs: its threads in a search, every core otherwise.
+    data = open_feed(config.data, config.data_dir, device=device, mode=config.data_mode,
+                     workers=config.threads or os.cpu_count())
     torch.manual_seed(config.seed)
-    model = build_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size)
-    steps_per_epoch = math.ceil(len(data.train_y) / config.batch_size)
-    setup = apply_tricks(values, model, num_classes=data.num_classes, steps_per_epoch=steps_per_epoch,
+    model = build_model(config.model, num_classes=data.size.num_classes, in_channels=data.size.in_channels,
+                        image_size=data.size.image_size)
+    steps_per_epoch = math.ceil(data.size.train_count / config.batch_size)
+    setup = apply_tricks(values, model, num_classes=data.size.num_classes, steps_per_epoch=steps_per_epoch,
                          epochs=config.epochs, device=device, seed=config.seed)
     channels_last = _is_conv_net(setup.model)  # faster convolutions on CUDA and on the CPU alike
     if channels_last:
@@ -108,7 +114,7 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
 @dataclass
 class _Loop:
     setup: TrainingSetup
-    data: ImageData
+    data: Feed
     config: TrainConfig
     setup_seconds: float = 0.0
     on_trained: Callable[[nn.Module], None] | None = None
@@ -157,32 +163,22 @@ class _Loop:
                            measurements=measurements or {}, train_seconds=time.perf_counter() - started)
 
     def _epoch(self, epoch: int) -> EpochReport:
-        setup, data, device = self.setup, self.data, self.setup.device
+        setup, data = self.setup, self.data
         started = time.perf_counter()
         setup.model.train()
-        order = torch.randperm(len(data.train_y), generator=setup.generator).to(device)
-        total_loss, seen = torch.zeros((), device=device), 0
+        order = torch.randperm(data.size.train_count, generator=setup.generator)
         lrs: list[float] = []  # the lr is a Python float in the optimizer's param groups: no sync
-        for start in range(0, len(order), self.config.batch_size):
-            index = order[start:start + self.config.batch_size]
-            x = setup.augment(basic_augment(data.train_x[index], crop_padding=data.crop_padding,
-                                            flip=data.flip, generator=setup.generator))
-            x, targets = setup.mix(normalize(x, data.mean, data.std), setup.targets(data.train_y[index]))
-            with setup.autocast():
-                loss = setup.loss(setup.model(self._layout(x)), targets)
-            if not torch.isfinite(loss):  # one check per step: a diverged run stops at once
-                return EpochReport(epoch, math.nan, math.nan, math.nan, setup.lr,
-                                   time.perf_counter() - started, 0.0, self.setup_seconds,
-                                   step_lrs=self._thinned(lrs))
-            lrs.append(setup.lr)
-            setup.step(loss)
-            total_loss += loss.detach() * len(index)
-            seen += len(index)
-        _sync(device)
+        total_loss, seen = train_steps(setup, data, data.train_batches(order, self.config.batch_size),
+                                       channels_last=self.channels_last, lrs=lrs)
+        _sync(setup.device)
         seconds = time.perf_counter() - started
+        train_loss = float(total_loss) / seen  # the epoch's one read-back: non-finite if any step's loss was
+        if not math.isfinite(train_loss):  # diverged: the epoch is discarded, no evaluation of a NaN model
+            return EpochReport(epoch, math.nan, math.nan, math.nan, setup.lr, seconds, 0.0, self.setup_seconds,
+                               step_lrs=self._thinned(lrs))
         val_loss, val_accuracy = self._evaluate()
-        return EpochReport(epoch, float(total_loss) / seen, val_loss, val_accuracy, setup.lr, seconds,
-                           seen / seconds, self.setup_seconds, step_lrs=self._thinned(lrs))
+        return EpochReport(epoch, train_loss, val_loss, val_accuracy, setup.lr, seconds, seen / seconds,
+                           self.setup_seconds, step_lrs=self._thinned(lrs))
 
     def _thinned(self, lrs: list[float]) -> list[tuple[int, float]]:
         """This epoch's per-step learning rates, numbered over the run, evenly thinned to _LR_POINTS."""
@@ -195,35 +191,43 @@ class _Loop:
         setup, data = self.setup, self.data
         setup.model.eval()
         loss_sum, correct = torch.zeros((), device=setup.device), torch.zeros((), device=setup.device)
-        for start in range(0, len(data.val_y), 1024):
-            x = normalize(data.val_x[start:start + 1024], data.mean, data.std)
-            y = data.val_y[start:start + 1024]
+        for images, y in data.val_batches():
+            x = normalize(images, data.mean, data.std)
             with setup.autocast():
-                logits = setup.model(self._layout(x)).float()
+                logits = setup.model(_layout(x, self.channels_last)).float()
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
-        n = len(data.val_y)
+        n = data.size.val_count
         return float(loss_sum) / n, float(correct) / n
 
-    def _layout(self, x: Tensor) -> Tensor:
-        if self.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+
+def train_steps(setup: TrainingSetup, data: Feed, batches: Iterable[tuple[Tensor, Tensor]], *,
+                channels_last: bool = False, lrs: list[float] | None = None) -> tuple[Tensor, int]:
+    """One optimizer step per batch of uint8 images and labels on the device; returns the summed
+    loss (a device tensor) and the number of images. Nothing here waits for the device: no
+    `.item()`, `float()` or `if` on a tensor (tests/test_trainer.py counts them), so a GPU's queue
+    runs ahead of the Python loop. A non-finite loss is not checked here: it makes the sum
+    non-finite, which the epoch reads once; the steps after it run on, and the epoch is discarded.
+    `lrs`, when given, gets each step's learning rate (a Python float: no read-back)."""
+    total_loss, seen = torch.zeros((), device=setup.device), 0
+    for images, labels in batches:
+        x = setup.augment(basic_augment(images, crop_padding=data.crop_padding, flip=data.flip,
+                                        generator=setup.generator))
+        x, targets = setup.mix(normalize(x, data.mean, data.std), setup.targets(labels))
+        with setup.autocast():
+            loss = setup.loss(setup.model(_layout(x, channels_last)), targets)
+        if lrs is not None:
+            lrs.append(setup.lr)
+        setup.step(loss)
+        total_loss += loss.detach() * len(labels)
+        seen += len(labels)
+    return total_loss, seen
 
 
-def _data_on(config: TrainConfig, device: torch.device) -> ImageData:
-    """The data set, on the device: loaded once per process (load_data caches), moved once."""
-    data = load_data(config.data, config.data_dir)
-    if device.type == "cpu":
-        return data
-    key = (config.data, config.data_dir, str(device))
-    if key not in _DEVICE_CACHE:
-        _DEVICE_CACHE[key] = replace(data, train_x=data.train_x.to(device), train_y=data.train_y.to(device),
-                                     val_x=data.val_x.to(device), val_y=data.val_y.to(device))
-    return _DEVICE_CACHE[key]
-
-
-_DEVICE_CACHE: dict[tuple[str, str | None, str], ImageData] = {}
+def _layout(x: Tensor, channels_last: bool) -> Tensor:
+    if channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def _is_conv_net(model: nn.Module) -> bool:

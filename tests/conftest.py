@@ -3,6 +3,7 @@ with 2 CPUs, which in-process searches join and CLI subprocesses reach with --ad
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -31,7 +32,7 @@ def _ray_cli() -> str:
 def _stop_processes_under(temp_dir: str) -> None:
     """Stop this head's processes only: `ray stop` would stop every Ray on the machine, a
     developer's own cluster included. Each of ours names the head's unique temp dir."""
-    import psutil  # a dependency of Ray
+    import psutil  # a dependency of autotrick (its data placement)
 
     ours = []
     for process in psutil.process_iter(["cmdline"]):
@@ -44,24 +45,33 @@ def _stop_processes_under(temp_dir: str) -> None:
         process.kill()
 
 
+@contextlib.contextmanager
+def ray_head(*, num_cpus: int = 2, num_gpus: int = 0) -> Iterator[str]:
+    """A `ray start --head` of its own on loopback (num_gpus on a machine without GPUs is a logical
+    resource: Ray schedules by it); yields its address and stops only its own processes."""
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    subprocess.run([_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                    f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, timeout=180)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop_processes_under(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def ray_address() -> Iterator[str]:
     import ray
 
-    port = free_port()
-    temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    subprocess.run([_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                    f"--temp-dir={temp_dir}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, capture_output=True, timeout=180)
-    address = f"127.0.0.1:{port}"
-    ray.init(address=address, log_to_driver=False,
-             runtime_env={"worker_process_setup_hook": "autotrick.search.warm_worker"})
-    try:
-        yield address
-    finally:
-        ray.shutdown()
-        _stop_processes_under(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head() as address:
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env={"worker_process_setup_hook": "autotrick.search.warm_worker"})
+        try:
+            yield address
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture

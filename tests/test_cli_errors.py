@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from autotrick.cli import main
 
@@ -47,7 +48,15 @@ CASES = {
     "search missing data": (["search", "--data", "cifar10"], "cifar10"),
     "resume unknown": (["search", "--name", "never", "--resume"], "no search named 'never'"),
     "bad name": (["search", "--name", "a b"], "--name 'a b'"),
-    "bad gpus": (["search", "--gpus-per-trial", "-1"], "--gpus-per-trial"),
+    "bad gpus": (["search", "--gpus-per-trial", "-1"], "--gpus-per-trial -1: expected auto or a number >= 0"),
+    "gpus not a number": (["search", "--gpus-per-trial", "all"], "--gpus-per-trial all: expected auto"),
+    "bad data mode": (["train", "--data-mode", "disk"], "'disk' is not one of 'auto', 'memory', 'stream'"),
+    "search bad data mode": (["search", "--data-mode", "disk"], "'disk' is not one of 'auto', 'memory', 'stream'"),
+    "digits cannot stream": (["search", "--data-mode", "stream"], "'digits' is only held in memory"),
+    "bad device": (["train", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+    "bad synthetic": (["train", "--data", "synthetic:cifar11"], "synthetic:CxHxW:K[:N]"),
+    **({} if torch.cuda.is_available() else
+       {"no cuda": (["train", "--device", "cuda"], "--device cuda: no CUDA device is visible")}),
 }
 
 

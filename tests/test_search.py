@@ -41,6 +41,8 @@ def test_quick_search_writes_a_recipe_that_beats_or_equals_the_baseline(
     assert provenance["value"] >= provenance["baseline"]
     assert recipe.training["epochs"] == 4 and recipe.training["model"] == "cnn"
     assert "best val_accuracy" in out and "vs baseline" in out
+    # --gpus-per-trial auto on a machine without a GPU; digits is small enough to hold
+    assert "CPU only (auto: no GPU here), data in memory (115.0 KB decoded <= " in out.splitlines()[0]
     assert out.count("\ntrial ") + out.startswith("trial ") == 6
     study = study_of(workdir, "quick6")
     records = records_from_study(study)

@@ -3,9 +3,13 @@
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
+from torch.overrides import TorchFunctionMode
 
 from autotrick.space import resolve_values
 from autotrick.trainer import EpochReport, TrainConfig, run_trial
@@ -93,3 +97,83 @@ def test_the_command_in_a_fresh_process_prints_everything_before_its_quick_exit(
     lines = done.stdout.splitlines()
     assert lines[0].startswith("train cnn on digits, 2 epochs") and len(lines) == 4, done.stdout
     assert lines[-1].startswith("finished: val_accuracy "), done.stdout
+
+
+# --- no host sync in the training step ---------------------------------------------------------
+
+HOST_READS = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist"}
+
+
+class HostReads(TorchFunctionMode):
+    """Records every Python-level read of a tensor's value (what waits for a GPU's queue to drain)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if getattr(func, "__name__", "") in HOST_READS:
+            self.calls.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+# Every trick that acts inside the step and draws nothing on the host (mixup and cutmix draw their
+# lambda and box from a CPU generator: host values by design, never a device read); SGD, whose
+# update has no step counter (Adam's lives on the CPU and is read with .item(), which is no sync
+# either: the CUDA test below covers AdamW and mixing).
+STEP_TRICKS = {"smoothing.eps": 0.1, "clip.max_norm": 1.0, "optim.l1": 1e-5, "optim.nesterov": True,
+               "optim.weight_decay": 1e-4, "schedule.name": "cosine", "schedule.warmup_epochs": 0.5}
+
+
+@pytest.mark.parametrize("data", ["digits", "stream"])
+def test_the_step_reads_nothing_back_from_the_device(data: str, tmp_path: Path) -> None:
+    """An epoch at batch 128 and one at batch 32 (digits: 12 steps and 45) read tensors back the
+    same number of times: per epoch
+    (the summed loss, the evaluation; streamed, the epoch's order as indices and the loader's
+    seed for its workers), never per step."""
+    config = TrainConfig(epochs=1, threads=1)
+    if data == "stream":
+        root = tmp_path / "pngs"
+        for split, n in (("train", 720), ("val", 60)):
+            for label in range(3):
+                (root / split / f"c{label}").mkdir(parents=True)
+                for i in range(n // 3):
+                    Image.new("RGB", (8, 8), (80 * label, i % 255, 0)).save(root / split / f"c{label}" / f"{i}.png")
+        config = replace(config, data=f"imagefolder:{root}", data_mode="stream")
+    values = resolve_values(STEP_TRICKS, "test")
+    run_trial(values, replace(config, batch_size=128))  # loads and caches the data set outside the count
+    reads = {}
+    for batch_size in (128, 32):
+        with HostReads() as mode:
+            result = run_trial(values, replace(config, batch_size=batch_size))
+        assert result.outcome == "finished"
+        reads[batch_size] = mode.calls
+    assert reads[32] == reads[128] and len(reads[32]) <= 5, reads
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_cuda_epoch_runs_without_a_host_sync(precision: str) -> None:
+    """torch's own sync detector raises on any synchronizing call (a .item(), a blocking copy) in
+    the training steps of an epoch: mixing, AdamW (fused on CUDA: fp16's grad scaler then skips
+    inf steps on the device), clipping, smoothing, L1, on resnet18 in channels_last."""
+    from autotrick.apply import apply_tricks
+    from autotrick.data import open_feed
+    from autotrick.models import build_model
+    from autotrick.trainer import train_steps
+
+    data = open_feed("synthetic:cifar10:2048", None, device=torch.device("cuda"), mode="memory")
+    values = resolve_values({**STEP_TRICKS, "optim.name": "adamw", "mix.mixup_alpha": 0.2,
+                             "mix.cutmix_alpha": 1.0, "precision.dtype": precision}, "test")
+    model = build_model("resnet18", num_classes=10, in_channels=3, image_size=(32, 32))
+    setup = apply_tricks(values, model, num_classes=10, steps_per_epoch=8, epochs=2, device="cuda")
+    setup.model = setup.model.to(memory_format=torch.channels_last)
+    order = torch.randperm(2048, generator=setup.generator)
+    train_steps(setup, data, data.train_batches(order, 256), channels_last=True)  # warm-up: cuDNN, allocator
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        total, seen = train_steps(setup, data, data.train_batches(order, 256), channels_last=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert seen == 2048 and math.isfinite(float(total))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from autotrick.device import to_device
 from autotrick.params import Param, Trick
 
 MIX = Trick(
@@ -38,7 +39,7 @@ def mix_batch(x: Tensor, targets: Tensor, *, mixup_alpha: float, cutmix_alpha: f
         return x, targets
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or _uniform(generator) < 0.5)
     lam = _beta(cutmix_alpha if use_cutmix else mixup_alpha, generator)
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    perm = to_device(torch.randperm(x.shape[0], generator=generator), x.device)  # no sync on a GPU
     if use_cutmix:
         x, lam = _paste_box(x, x[perm], lam, generator)
     else:

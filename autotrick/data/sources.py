@@ -1,13 +1,16 @@
-"""Data sets, materialized once as uint8 tensors.
+"""Where examples come from, materialized once as uint8 tensors (the in-memory path).
 
 A trainer keeps `ImageData`'s tensors on its device and slices batches from them: no DataLoader,
 no per-image PIL work on the hot path (the batched crop, flip and normalization are in
-autotrick.augment.basic).
+autotrick.augment.basic). `describe_data` tells a data set's shape and decoded size without
+decoding it, where that is possible (image folders, the user's lazy datasets), so that a data set
+too big for memory can be streamed instead (autotrick.data.stream).
 
 Specs for `load_data`:
   digits                  scikit-learn's 8x8 digits (ships inside sklearn; the default)
   cifar10, cifar100       torchvision's on-disk layout under data_dir (never downloaded)
   mnist, fashion_mnist    idem
+  synthetic:SHAPE[:N]     generated, learnable data of a known shape (autotrick.data.synthetic)
   imagefolder:DIR         DIR/train/<class>/*.png|jpg and DIR/val/<class>/*, resized square
   module:function         the user's own function returning (train, val) datasets; called
   path/file.py:function   with data_dir= (absolute, or None) when its signature takes it
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from autotrick.data import synthetic
 from autotrick.entrypoints import (
     FORMS,
     absolute_spec,
@@ -94,7 +98,26 @@ _ON_DISK: dict[str, _OnDisk] = {
 }
 
 DATASETS: tuple[str, ...] = ("digits", *_ON_DISK)
-EXPECTED = f"expected one of {', '.join(DATASETS)}, imagefolder:DIR, {FORMS}"
+EXPECTED = f"expected one of {', '.join(DATASETS)}, synthetic:SHAPE, imagefolder:DIR, {FORMS}"
+
+
+@dataclass(frozen=True)
+class DataSize:
+    """What a data set is, told without decoding it where possible: enough to build the model and
+    to decide whether it fits in memory (autotrick.data.placement)."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+    train_count: int
+    val_count: int
+    streamable: bool  # can be read batch by batch (image folders, the user's lazy datasets)
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Both splits as uint8 tensors: what the in-memory path holds."""
+        return (self.train_count + self.val_count) * self.in_channels * self.image_size[0] * self.image_size[1]
 
 
 def load_data(spec: str, data_dir: str | Path | None = None, *, image_size: int | None = None) -> ImageData:
@@ -114,12 +137,44 @@ def absolute_data_spec(spec: str) -> str:
     return absolute_spec(spec)
 
 
+def describe_data(spec: str, data_dir: str | Path | None = None, *, image_size: int | None = None) -> DataSize:
+    """The data set's shape, class count, sizes and whether it can stream. Decodes nothing for
+    synthetic data, image folders (one listing) and the user's lazy datasets; the other sets are
+    small and are loaded (and cached) as load_data would."""
+    root = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None
+    spec = absolute_data_spec(spec)
+    if spec.startswith(synthetic.PREFIX):
+        shape = synthetic.parse_synthetic(spec)
+        size = (image_size, image_size) if image_size else (shape.height, shape.width)
+        return DataSize(spec, shape.classes, shape.channels, size, shape.train, shape.val, streamable=False)
+    if spec.startswith("imagefolder:") and spec != "imagefolder:":
+        listing = folder_listing(spec.removeprefix("imagefolder:"))
+        side = image_size or IMAGEFOLDER_SIZE
+        return DataSize(spec, len(listing.classes), 3, (side, side), len(listing.train), len(listing.val),
+                        streamable=True)
+    if is_callable_spec(spec):
+        train, val = user_splits(spec, root)
+        classes = lazy_class_count(train, val)
+        if classes is not None:
+            first = sample_image(train[0], spec, "train", 0, image_size)
+            return DataSize(spec, classes, first.shape[0], (first.shape[1], first.shape[2]), len(train), len(val),
+                            streamable=True)
+    data = load_data(spec, data_dir, image_size=image_size)
+    return DataSize(spec, data.num_classes, data.in_channels, data.image_size, len(data.train_y), len(data.val_y),
+                    streamable=False)
+
+
 @functools.lru_cache(maxsize=4)
 def _load(spec: str, root: str | None, image_size: int | None) -> ImageData:
     # Cached per process: search workers call load_data for every trial, and the data should be
     # read and decoded once per worker, not once per trial. Failures are not cached.
     if spec == "digits":
         return _resized(_digits(), image_size)
+    if spec.startswith(synthetic.PREFIX):
+        train_x, train_y, val_x, val_y = synthetic.synthetic_splits(spec)
+        classes = synthetic.parse_synthetic(spec).classes
+        return _resized(_image_data(spec, train_x, train_y, val_x, val_y, crop_padding=0, flip=False,
+                                    num_classes=classes), image_size)
     if spec in _ON_DISK:
         return _resized(_on_disk(spec, root), image_size)
     if spec.startswith("imagefolder:"):
@@ -192,7 +247,17 @@ def _as_nchw(data: Any) -> Tensor:
     return x.contiguous()
 
 
-def _image_folder(folder: str, size: int) -> ImageData:
+@dataclass(frozen=True)
+class FolderListing:
+    """An image folder's files and class indices, listed once per process."""
+
+    classes: list[str]
+    train: list[tuple[str, int]]  # (path, class index)
+    val: list[tuple[str, int]]
+
+
+@functools.lru_cache(maxsize=4)
+def folder_listing(folder: str) -> FolderListing:
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     name = f"imagefolder:{folder}"
@@ -213,22 +278,33 @@ def _image_folder(folder: str, size: int) -> ImageData:
                         "every val class needs training images")
     if not val:
         raise DataError(f"{name}: no images in {folder}/val/<class>/; {layout}")
+    return FolderListing(classes, train, val)
+
+
+def read_image_file(path: str, size: int, name: str) -> np.ndarray:
+    """One image file as uint8 (size, size, 3) RGB, resized bilinearly (PIL): both the in-memory
+    and the streamed path read files with this, so they see the same pixels."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    except OSError as error:
+        raise DataError(f"{name}: cannot read image {path}: {error}") from error
+
+
+def _image_folder(folder: str, size: int) -> ImageData:
+    name = f"imagefolder:{folder}"
+    listing = folder_listing(folder)
 
     def read(samples: list[tuple[str, int]]) -> tuple[Tensor, Tensor]:
         images = np.empty((len(samples), size, size, 3), dtype=np.uint8)
         for i, (path, _) in enumerate(samples):
-            try:
-                with Image.open(path) as image:
-                    rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-                    images[i] = np.asarray(rgb)
-            except OSError as error:
-                raise DataError(f"{name}: cannot read image {path}: {error}") from error
+            images[i] = read_image_file(path, size, name)
         labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
         return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
 
-    (train_x, train_y), (val_x, val_y) = read(train), read(val)
+    (train_x, train_y), (val_x, val_y) = read(listing.train), read(listing.val)
     return _image_data(name, train_x, train_y, val_x, val_y, crop_padding=0, flip=False,
-                       num_classes=len(classes))
+                       num_classes=len(listing.classes))
 
 
 # --- the user's own function -----------------------------------------------------------------
@@ -237,7 +313,9 @@ _RETURNS = ("(train, val), each a torch Dataset of (image, label) with PIL or (C
             "images, or a tuple of tensors (x, y)")
 
 
-def _from_function(spec: str, data_dir: str | None) -> ImageData:
+@functools.lru_cache(maxsize=4)
+def user_splits(spec: str, data_dir: str | None) -> tuple[Any, Any]:
+    """The user's function called once per process: its (train, val) as it returned them."""
     fn = load_callable(spec, "data set")
     kwargs = accepted_kwargs(fn, {"data_dir": data_dir})
     check_callable_with(fn, kwargs, spec, "data set", "fn() or fn(data_dir=...)")
@@ -245,9 +323,51 @@ def _from_function(spec: str, data_dir: str | None) -> ImageData:
     if not (isinstance(result, tuple | list) and len(result) == 2):
         raise ConfigError(f"data set '{spec}': the function returned {type(result).__name__}; "
                           f"expected {_RETURNS}")
-    (train_x, train_y), (val_x, val_y) = (_materialize(split, spec, which)
-                                          for split, which in zip(result, ("train", "val"), strict=True))
+    return result[0], result[1]
+
+
+def _from_function(spec: str, data_dir: str | None) -> ImageData:
+    (train_x, train_y), (val_x, val_y) = (_materialize(split, spec, which) for split, which
+                                          in zip(user_splits(spec, data_dir), ("train", "val"), strict=True))
     return _image_data(spec, train_x, train_y, val_x, val_y, crop_padding=0, flip=False)
+
+
+def _is_lazy(split: Any) -> bool:
+    """A dataset read item by item (not tensors already in memory)."""
+    if isinstance(split, tuple | list) and len(split) == 2 and isinstance(split[0], Tensor | np.ndarray):
+        return False
+    if isinstance(split, torch.utils.data.TensorDataset):
+        return False
+    return hasattr(split, "__getitem__") and hasattr(split, "__len__") and len(split) > 0
+
+
+def lazy_class_count(train: Any, val: Any) -> int | None:
+    """The class count of lazy datasets that tell it without being read (torchvision's `classes`
+    or `targets`); None when they are not lazy or do not tell it (they are then loaded whole)."""
+    if not (_is_lazy(train) and _is_lazy(val)):
+        return None
+    classes = getattr(train, "classes", None)
+    if isinstance(classes, list | tuple) and classes:
+        return len(classes)
+    targets = [t for split in (train, val) for t in (getattr(split, "targets", None),) if t is not None]
+    if len(targets) == 2 and all(len(t) for t in targets):
+        return int(max(int(max(t)) for t in targets)) + 1
+    return None
+
+
+def sample_image(sample: Any, spec: str, which: str, index: int, image_size: int | None) -> Tensor:
+    """One (image, label) item of the user's dataset as a uint8 (C, H, W) tensor, resized to
+    image_size x image_size when given (as `_resized` resizes a whole split)."""
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(f"data set '{spec}': {which} split: {problem}; expected {_RETURNS}")
+
+    if not (isinstance(sample, tuple | list) and len(sample) == 2):
+        raise bad(f"item {index} is {type(sample).__name__}, not an (image, label) pair")
+    image = _to_uint8(_image_tensor(sample[0], bad), bad)
+    if image_size is not None and tuple(image.shape[1:]) != (image_size, image_size):
+        image = F.interpolate(image[None].float(), size=(image_size, image_size), mode="bilinear",
+                              antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0]
+    return image
 
 
 def _materialize(split: Any, spec: str, which: str) -> tuple[Tensor, Tensor]:
@@ -337,12 +457,22 @@ def _image_data(name: str, train_x: Tensor, train_y: Tensor, val_x: Tensor, val_
 def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Exact per-channel mean and std in [0, 1] units, from a 256-bin histogram per channel:
     no float copy of the whole training set (600 MB for CIFAR as float32)."""
+    return stats_from_histograms(channel_histograms(x))
+
+
+def channel_histograms(x: Tensor) -> Tensor:
+    """(C, 256) float64 counts of each uint8 level per channel of images (N, C, H, W)."""
+    return torch.stack([torch.bincount(x[:, c].reshape(-1), minlength=256).double().cpu()
+                        for c in range(x.shape[1])])
+
+
+def stats_from_histograms(counts: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units from `channel_histograms` counts (summed over batches)."""
     levels = torch.arange(256, dtype=torch.float64) / 255.0
     means, stds = [], []
-    for channel in range(x.shape[1]):
-        counts = torch.bincount(x[:, channel].reshape(-1), minlength=256).double()
-        mean = float((counts * levels).sum() / counts.sum())
-        var = float((counts * (levels - mean) ** 2).sum() / counts.sum())
+    for channel in counts:
+        mean = float((channel * levels).sum() / channel.sum())
+        var = float((channel * (levels - mean) ** 2).sum() / channel.sum())
         means.append(mean)
         stds.append(var**0.5 if var > 0 else 1.0)  # a constant channel: avoid dividing by zero
     return tuple(means), tuple(stds)
