@@ -169,8 +169,8 @@ def spaces() -> None:
 @click.option("--seed", default=None, type=int, help="default: 0")
 @click.option("--resume", is_flag=True,
               help="continue the interrupted search --name with the options it started with; only "
-                   "--trials, --time-budget, --concurrency, --address, --num-cpus, --output, --register and "
-                   "-v may differ")
+                   "--trials, --time-budget, --concurrency, --address, --num-cpus, --output, --register, "
+                   "--data-mode and -v may differ")
 @click.option("--output", "-o", default=None, help="where to write the best recipe (default NAME.recipe.yaml)")
 @click.option("--tracking-uri", default=None, help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
 @click.option("--register", default=None, metavar="NAME", help="register the best model in MLflow as NAME")

@@ -211,7 +211,7 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                             save_models=request.register is not None)
     effective = replace(request, space=str(space_file), model=model, data=data, data_dir=data_dir,
                         trials=space.budget.trials, max_epochs=max_epochs, cpus_per_trial=cpus,
-                        gpus_per_trial=gpus, seed=seed, output=str(output), tracking_uri=tracking_uri,
+                        seed=seed, output=str(output), tracking_uri=tracking_uri,
                         data_mode=data_mode)
     return _Prepared(options, output, effective, space_yaml)
 

@@ -87,7 +87,7 @@ class SearchFolder:
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:
-            holder = self._owner()
+            holder = self._owner_once_written()
             who = str(holder) if holder else "another process (starting: it has not written its name yet)"
             raise ConfigError(f"cannot {action} search '{self.name}': it is running in {who}, which holds "
                               f"{self.path / _LOCK_FILE}; wait for it to end or stop it, or pick another --name"
@@ -100,6 +100,14 @@ class SearchFolder:
             with contextlib.suppress(OSError):
                 (self.path / _OWNER_FILE).unlink()
             lock.release()
+
+    def _owner_once_written(self, wait_s: float = 3.0) -> Owner | None:
+        """The holder's name: it writes it just after taking the lock, so a process refused in
+        that moment waits a little for it rather than name nobody."""
+        deadline = time.monotonic() + wait_s
+        while (owner := self._owner()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return owner
 
     def _owner(self) -> Owner | None:
         try:

@@ -79,3 +79,21 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty working directory: searches write .autotrick/, mlflow.db and recipes here."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_variables_restored() -> Iterator[None]:
+    """A test that calls mlflow.set_tracking_uri (or set_experiment) exports MLFLOW_TRACKING_URI
+    (MLFLOW_EXPERIMENT_ID) to every later subprocess: put them back, so each test's CLI runs use
+    the store that test gives them."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+    saved = {key: os.environ.get(key) for key in keys}
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and os.environ.get("MLFLOW_TRACKING_URI") != saved["MLFLOW_TRACKING_URI"]:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -194,8 +194,8 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(
                                   "--max-epochs", "9"], cwd=workdir, capture_output=True, text=True, timeout=180)
         assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
             "autotrick: error: --max-epochs 9: search 'cut' was started with --max-epochs 3, and a resumed search "
-            "keeps it (only --trials, --time-budget, --concurrency, --address, --num-cpus, --output, --register "
-            "may change); drop --max-epochs, or start a new search with another --name"]
+            "keeps it (only --trials, --time-budget, --concurrency, --address, --num-cpus, --output, --register, "
+            "--data-mode may change); drop --max-epochs, or start a new search with another --name"]
         assert journal.read_bytes() == state
 
     again = {signal.SIGINT: ["--trials", "9"],  # may change: the budget raised

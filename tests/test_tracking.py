@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -160,6 +161,14 @@ class Logged:
     recipe: str
     model: nn.Module
     example: torch.Tensor
+    environment: tuple[dict[str, str | None], dict[str, str | None]]  # MLflow's variables before, after
+
+
+MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+def mlflow_variables() -> dict[str, str | None]:
+    return {key: os.environ.get(key) for key in MLFLOW_VARIABLES}
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +180,7 @@ def logged(empty_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Logge
     best = best_of(records, "max")
     assert best is not None and not best.baseline
     model, example = nn.Sequential(nn.Linear(4, 3)).eval(), torch.randn(2, 4)
+    before = mlflow_variables()
     tracker = SearchTracker(search_info(), tracking_uri=uri, dataset=load_data("digits"))
     for record in records:
         tracker.trial_finished(record)
@@ -182,7 +192,14 @@ def logged(empty_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Logge
     client = MlflowClient(uri)
     parent = client.get_run(tracker.parent_run_id)
     return Logged(uri, client, tracker, parent, children(client, parent), records, best, recipe.to_yaml(), model,
-                  example)
+                  example, (before, mlflow_variables()))
+
+
+def test_registering_leaves_mlflows_environment_variables_as_they_were(logged: Logged) -> None:
+    """mlflow.set_tracking_uri and set_experiment export MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_ID
+    for subprocesses: left set, every later `autotrick` started from the process would use this store."""
+    before, after = logged.environment
+    assert after == before
 
 
 def test_parent_run_describes_the_search(logged: Logged) -> None:
@@ -347,6 +364,7 @@ def test_registered_champion_loads_and_predicts(logged: Logged) -> None:
 
 
 def test_the_registered_model_has_a_signature_description_and_metrics(logged: Logged) -> None:
+    mlflow.set_tracking_uri(logged.uri)  # for get_model_info (conftest puts it back after the test)
     version = logged.client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     info = mlflow.models.get_model_info(f"models:/{MODEL_NAME}@{CHAMPION}")
     assert info.signature is not None

@@ -156,6 +156,7 @@ def describe_data(spec: str, data_dir: str | Path | None = None, *, image_size: 
         train, val = user_splits(spec, root)
         classes = lazy_class_count(train, val)
         if classes is not None:
+            check_classes(spec, classes)
             first = sample_image(train[0], spec, "train", 0, image_size)
             return DataSize(spec, classes, first.shape[0], (first.shape[1], first.shape[2]), len(train), len(val),
                             streamable=True)
@@ -278,6 +279,7 @@ def folder_listing(folder: str) -> FolderListing:
                         "every val class needs training images")
     if not val:
         raise DataError(f"{name}: no images in {folder}/val/<class>/; {layout}")
+    check_classes(name, len({label for _, label in train}))
     return FolderListing(classes, train, val)
 
 
@@ -440,14 +442,19 @@ def _to_uint8(x: Tensor, bad: Any) -> Tensor:
 # --- shared ----------------------------------------------------------------------------------
 
 
+def check_classes(name: str, classes: int) -> None:
+    """Training images all of one class leave nothing to learn (and score accuracy 1.0)."""
+    if classes < 2:
+        raise DataError(f"data set '{name}': its training images are all of one class; a classifier needs "
+                        "at least two")
+
+
 def _image_data(name: str, train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, *,
                 crop_padding: int, flip: bool, num_classes: int | None = None) -> ImageData:
     if train_x.shape[1:] != val_x.shape[1:]:
         raise ConfigError(f"data set '{name}': train images are {tuple(train_x.shape[1:])} but val images "
                           f"are {tuple(val_x.shape[1:])}; both splits need one image shape")
-    if torch.unique(train_y).numel() < 2:  # every image of one class: nothing to learn, accuracy 1.0
-        raise DataError(f"data set '{name}': its training images are all of one class; a classifier needs "
-                        "at least two")
+    check_classes(name, torch.unique(train_y).numel())
     mean, std = _channel_stats(train_x)
     if num_classes is None:
         num_classes = int(max(train_y.max(), val_y.max())) + 1
