@@ -100,16 +100,16 @@ def warp(images: Tensor, matrices: Tensor) -> Tensor:
     """
     n, c, h, w = images.shape
     device = images.device
-    scaled = matrices.to(device=device, dtype=torch.float32) / torch.tensor([[0.5 * w], [0.5 * h]], device=device)
+    theta = matrices.to(device=device, dtype=torch.float32)
     xs, ys = _pixel_centers(w, device).view(1, 1, w), _pixel_centers(h, device).view(1, h, 1)
 
-    def source(row: Tensor, size: int) -> Tensor:  # row (N, 3) of the scaled matrix -> pixel (N, H, W)
-        a, b, t = (v.view(n, 1, 1) for v in row.unbind(1))
+    def source(row: Tensor, size: int) -> Tensor:  # row (N, 3) of the matrix -> pixel read (N, H, W)
+        a, b, t = (v.view(n, 1, 1) for v in (row / (0.5 * size)).unbind(1))  # normalized, as torchvision
         grid = xs * a + ys * b + t
         return grid.add_(1).mul_(size).sub_(1).div_(2).round_()
 
     # Clamped to one pixel outside, a read off the image lands on the zero border added around it.
-    col, row = source(scaled[:, 0], w).clamp_(-1, w), source(scaled[:, 1], h).clamp_(-1, h)
+    col, row = source(theta[:, 0], w).clamp_(-1, w), source(theta[:, 1], h).clamp_(-1, h)
     # The flat index into the bordered image, in float32 (exact for whole numbers below 2^24),
     # converted to int64 once, for gather.
     index = row.add_(1).mul_(w + 2).add_(col).add_(1).long().view(n, 1, -1)
@@ -189,9 +189,9 @@ def _add_scaled(x: Tensor, y: Tensor, factor: Tensor) -> Tensor:
 
 
 def posterize(images: Tensor, bits: Tensor) -> Tensor:
-    """Keep the top `bits` bits of each value: x AND (256 − 2^(8 − bits)) (posterize; 8 keeps all)."""
-    mask = (256 - torch.exp2(8 - bits)).to(torch.uint8)
-    return images & _per_image(mask)
+    """Keep the top `bits` bits of each value: x AND (255 << (8 − bits)) (posterize; 8 keeps all)."""
+    mask = (255 << (8 - bits.to(torch.int32))) & 255
+    return images & _per_image(mask.to(torch.uint8))
 
 
 def solarize(images: Tensor, magnitude: Tensor) -> Tensor:
