@@ -9,10 +9,12 @@ How: a policy is a categorical distribution over short op sequences ("programs":
 one op at one of 31 magnitudes and a sign; AutoAugment a sub-policy's two ops, each applied or not,
 each signed; RandAugment num_ops independent draws of one op). Per batch, one uniform number per
 image and draw picks its program (on the CPU, from the caller's `torch.Generator`); the
-per-image parameters (image index, magnitude or affine matrix) cross to the device as one small
-table in one non-blocking copy. There each op kind runs once, on the images that drew it, and every
-geometric op (shears, translations, rotation) is one `grid_sample` of the images that drew any of
-them. The same generator state gives the same batch on any device; nothing waits on the device.
+per-image parameters (image order, magnitude or affine matrix, precomputed per program) cross to
+the device as one small table in one non-blocking copy. There each op kind runs once, on the run
+of images that drew it, and every geometric op (shears, translations, rotation) is one warp of the
+images that drew any of them. The same generator state gives the same batch on any device; nothing
+waits on the device. On the CPU a batch goes through in pieces of about 1 MB, which keeps each
+op's temporaries in cache (2x at 224 x 224).
 
 Why not kornia (`kornia.augmentation.auto`, 0.9.0, read and measured on the 2-core VM; figures
 from `benchmarks/augment.py`, see benchmarks/README.md):
@@ -324,7 +326,7 @@ def _apply(images: Tensor, kinds: Tensor, params: Tensor) -> Tensor:
     goes through its op (identity runs stay as they are), one gather puts the images back in
     place. A step without ops is skipped.
     """
-    chunk = max(1, CPU_CHUNK_BYTES // images[0].numel())
+    chunk = max(1, CPU_CHUNK_BYTES // images.shape[1:].numel())
     if images.device.type == "cpu" and len(images) > chunk:
         # A few images at a time: each op's temporaries stay in the CPU's caches.
         return torch.cat([_apply(*part) for part in zip(images.split(chunk), kinds.split(chunk), params.split(chunk),
