@@ -123,12 +123,12 @@ def _pixel_centers(size: int, device: torch.device) -> Tensor:
     return torch.linspace((1.0 - size) * 0.5, (size - 1.0) * 0.5, steps=size, device=device)
 
 
-# --- colour ops: pointwise ones as a look-up table per image ---------------------------------------
+# --- colour ops: the pointwise ones as a look-up table per image ---------------------------------------
 
 
 def brightness(images: Tensor, magnitude: Tensor) -> Tensor:
     """v·(1 + m), clamped to 0..255 and truncated (adjust_brightness)."""
-    return _lookup(images, (_levels(images.device) * (1 + magnitude).view(-1, 1)).clamp_(0, 255))
+    return lookup(images, (_levels(images.device) * (1 + magnitude).view(-1, 1)).clamp_(0, 255))
 
 
 def color(images: Tensor, magnitude: Tensor) -> Tensor:
@@ -143,8 +143,8 @@ def contrast(images: Tensor, magnitude: Tensor) -> Tensor:
     grey = _grey(images).floor_() if images.shape[1] == 3 else images.float()
     # The float64 sum of whole numbers is exact, so the mean is the same in any summation order
     # (torchvision's float32 sum, then / H·W, is exact too below 2^24 / 255 pixels: 256 x 256).
-    mean = grey.sum(dim=(1, 2, 3), dtype=torch.float64).float() / grey[0].numel()
-    return _lookup(images, _blend(_levels(images.device), mean.view(-1, 1), magnitude.view(-1, 1)))
+    mean = grey.sum(dim=(1, 2, 3), dtype=torch.float64).float() / grey.shape[-2:].numel()
+    return lookup(images, _blend(_levels(images.device), mean.view(-1, 1), magnitude.view(-1, 1)))
 
 
 def sharpness(images: Tensor, magnitude: Tensor) -> Tensor:
@@ -183,8 +183,9 @@ def _blend(x: Tensor, other: Tensor, magnitude: Tensor) -> Tensor:
 def _add_scaled(x: Tensor, y: Tensor, factor: Tensor) -> Tensor:
     """x + y·factor rounded once to float32: torchvision's x.add_(y, alpha=factor), a fused
     multiply-add, with a factor per image. addcmul is fused on the CPU but not on CUDA, so this
-    uses float64, which holds x + y·factor exactly here (whole numbers y, float32 x and factor),
-    and rounds that once: the same number on every device."""
+    uses float64: it holds x + y·factor exactly when y is a whole number (saturation, sharpness),
+    and for contrast's float32 mean it is off by less than a float64 rounding, which can only
+    matter on an exact float32 tie. One rounding to float32 then gives the same number on every device."""
     return x.double().addcmul_(y.double(), factor.double()).float()
 
 
@@ -198,7 +199,7 @@ def solarize(images: Tensor, magnitude: Tensor) -> Tensor:
     """255 − v for every value v >= 255·m, compared in float32 (solarize with threshold 255·m;
     m = 1 still inverts 255)."""
     levels = _levels(images.device)
-    return _lookup(images, torch.where(levels >= 255 * magnitude.view(-1, 1), 255 - levels, levels))
+    return lookup(images, torch.where(levels >= 255 * magnitude.view(-1, 1), 255 - levels, levels))
 
 
 def autocontrast(images: Tensor) -> Tensor:
@@ -207,7 +208,7 @@ def autocontrast(images: Tensor) -> Tensor:
     high = images.amax(dim=(-2, -1)).float().unsqueeze(-1)
     flat = high == low
     inv_scale = (high - low).mul_(1.0 / 255.0).masked_fill_(flat, 1.0)  # as torchvision: one multiply
-    return _lookup(images, (_levels(images.device) - low.masked_fill_(flat, 0.0)).div_(inv_scale).clamp_(0, 255))
+    return lookup(images, (_levels(images.device) - low.masked_fill_(flat, 0.0)).div_(inv_scale).clamp_(0, 255))
 
 
 def equalize(images: Tensor) -> Tensor:
@@ -233,9 +234,9 @@ def invert(images: Tensor) -> Tensor:
     return images.bitwise_not()
 
 
-def _lookup(images: Tensor, table: Tensor) -> Tensor:
+def lookup(images: Tensor, table: Tensor) -> Tensor:
     """Each value v of image i (channel c) replaced by table[i, v] ((N, 256)) or table[i, c, v] ((N, C, 256)),
-    truncated to uint8: one gather, whatever the op computed on its 256 levels."""
+    truncated to uint8: one gather, whatever a pointwise op computed on the 256 levels."""
     n, c, h, w = images.shape
     table = table.to(torch.uint8)
     table = table.unsqueeze(1).expand(n, c, 256) if table.dim() == 2 else table

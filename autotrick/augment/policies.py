@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -161,30 +161,50 @@ def outcomes(space: Space, name: str, magnitude_bin: int | None, num_bins: int, 
     return [(name, magnitude, 0.5), (name, -magnitude, 0.5)] if signed else [(name, magnitude, 1.0)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Programs:
-    """A categorical distribution over op sequences of one length L, drawn once per image."""
+    """A categorical distribution over op sequences of one length L, drawn once per image, with what
+    each step needs precomputed: its op group, parameters and, for a fixed pointwise op, its table."""
 
     kinds: Tensor  # int64 (K, L): indices into KINDS
     magnitudes: Tensor  # float32 (K, L): torchvision's signed magnitudes
-    params: Tensor  # float32 (K, L, 6): what the ops take: the magnitude (column 0) or an inverse affine matrix
     probabilities: Tensor  # float64 (K,), summing to 1
+    groups: Tensor  # int64 (K, L): how each step runs (see _GROUP)
+    params: Tensor  # float32 (K, L, 6): the magnitude (column 0), or a geometric op's inverse affine matrix
+    tables: Tensor  # uint8 (K, L, 256): a fixed pointwise op's value for each level (others: 0..255)
+    _on_device: dict[torch.device, tuple[Tensor, Tensor]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def of(cls, programs: Sequence[tuple[Sequence[tuple[str, float]], float]], height: int, width: int) -> Programs:
-        """From [([(op, magnitude), ...], probability), ...] for images of height x width."""
-        kinds = torch.tensor([[_KIND[op] for op, _ in steps] for steps, _ in programs])
-        magnitudes = torch.tensor([[m for _, m in steps] for steps, _ in programs], dtype=torch.float32)
-        return cls(kinds, magnitudes, op_parameters(kinds, magnitudes, height, width),
-                   torch.tensor([p for _, p in programs], dtype=torch.float64))
+    def of(cls, kinds: Tensor, magnitudes: Tensor, probabilities: Tensor, height: int, width: int) -> Programs:
+        """Programs of ops `kinds` at `magnitudes` ((K, L)) for images of height x width."""
+        return cls(kinds, magnitudes, probabilities, _GROUP_OF_KIND[kinds],
+                   op_parameters(kinds, magnitudes, height, width), _lookup_tables(kinds, magnitudes))
 
-    def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Kinds (n, L) and parameters (n, L, 6) of n independent draws: one uniform number each,
-        inverted through the cumulative probabilities."""
+    @classmethod
+    def listed(cls, programs: Sequence[tuple[Sequence[tuple[str, float]], float]], height: int,
+               width: int) -> Programs:
+        """From [([(op, magnitude), ...], probability), ...]."""
+        return cls.of(torch.tensor([[_KIND[op] for op, _ in steps] for steps, _ in programs]),
+                      torch.tensor([[m for _, m in steps] for steps, _ in programs], dtype=torch.float32),
+                      torch.tensor([p for _, p in programs], dtype=torch.float64), height, width)
+
+    def draw(self, n: int, generator: torch.Generator) -> Tensor:
+        """The programs (n,) of n independent draws: one uniform number each, inverted through the
+        cumulative probabilities."""
         cumulative = self.probabilities.cumsum(0)
         uniform = torch.rand(n, generator=generator, dtype=torch.float64) * cumulative[-1]
-        index = torch.searchsorted(cumulative, uniform, right=True).clamp_(max=len(cumulative) - 1)
-        return self.kinds[index], self.params[index]
+        return torch.searchsorted(cumulative, uniform, right=True).clamp_(max=len(cumulative) - 1)
+
+    def on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """params and tables on `device`, copied there once."""
+        if device.type == "cpu":
+            return self.params, self.tables
+        if device not in self._on_device:
+            self._on_device[device] = (self.params.to(device), self.tables.to(device))
+        return self._on_device[device]
+
+
+Step = tuple[Programs, int, Tensor]  # (programs, which step of them, each image's program (N,) on the CPU)
 
 
 class Policy:
@@ -204,10 +224,11 @@ class Policy:
         n, _, h, w = images.shape
         if (h, w) not in self._programs:
             self._programs[h, w] = self.programs(h, w)
-        draws = [programs.draw(n, generator) for programs in self._programs[h, w]]
-        if not draws:
-            return images
-        return _apply(images, torch.cat([k for k, _ in draws], 1), torch.cat([p for _, p in draws], 1))
+        steps: list[Step] = []
+        for programs in self._programs[h, w]:
+            drawn = programs.draw(n, generator)
+            steps.extend((programs, column, drawn) for column in range(programs.kinds.shape[1]))
+        return _apply(images, steps)
 
 
 class TrivialAugmentWide(Policy):
@@ -221,7 +242,7 @@ class TrivialAugmentWide(Policy):
             for magnitude_bin in choices:
                 for op, m, p in outcomes(space, name, magnitude_bin, bins, height, width):
                     programs.append(([(op, m)], p / len(space) / len(choices)))
-        return (Programs.of(programs, height, width),)
+        return (Programs.listed(programs, height, width),)
 
     def __repr__(self) -> str:
         return "TrivialAugmentWide()"
@@ -238,9 +259,9 @@ class RandAugment(Policy):
 
     def programs(self, height: int, width: int) -> tuple[Programs, ...]:
         space = RANDAUGMENT_SPACE
-        one_op = Programs.of([([(op, m)], p / len(space)) for name in space
-                              for op, m, p in outcomes(space, name, self.magnitude, 31, height, width)],
-                             height, width)
+        one_op = Programs.listed([([(op, m)], p / len(space)) for name in space
+                                  for op, m, p in outcomes(space, name, self.magnitude, 31, height, width)],
+                                 height, width)
         return (one_op,) * self.num_ops
 
     def __repr__(self) -> str:
@@ -270,7 +291,7 @@ class AutoAugment(Policy):
                 probability = first[2] * second[2] / len(sub_policies)
                 if probability > 0:
                     programs.append(([first[:2], second[:2]], probability))
-        return (Programs.of(programs, height, width),)
+        return (Programs.listed(programs, height, width),)
 
     def __repr__(self) -> str:
         return f"AutoAugment({self.policy!r})"
@@ -278,26 +299,35 @@ class AutoAugment(Policy):
 
 # --- applying drawn ops to a batch -----------------------------------------------------------------
 
+CPU_CHUNK_BYTES = 1 << 20
+
+# How a step runs: each group is one pass over the run of images that drew one of its ops.
+IDENTITY, WARP, LOOKUP, COLOR, CONTRAST, SHARPNESS, AUTOCONTRAST, EQUALIZE = range(8)
+_GROUP = {"Identity": IDENTITY, "ShearX": WARP, "ShearY": WARP, "TranslateX": WARP, "TranslateY": WARP,
+          "Rotate": WARP, "Brightness": LOOKUP, "Posterize": LOOKUP, "Solarize": LOOKUP, "Invert": LOOKUP,
+          "Color": COLOR, "Contrast": CONTRAST, "Sharpness": SHARPNESS, "AutoContrast": AUTOCONTRAST,
+          "Equalize": EQUALIZE}
+_GROUP_OF_KIND = torch.tensor([_GROUP[name] for name in KINDS])
+# group -> the op on a run of images, given their parameter rows (k, 6) and tables (k, 256)
+_RUN: dict[int, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    WARP: lambda x, params, tables: ops.warp(x, params.view(-1, 2, 3)),
+    LOOKUP: lambda x, params, tables: ops.lookup(x, tables),
+    COLOR: lambda x, params, tables: ops.color(x, params[:, 0]),
+    CONTRAST: lambda x, params, tables: ops.contrast(x, params[:, 0]),
+    SHARPNESS: lambda x, params, tables: ops.sharpness(x, params[:, 0]),
+    AUTOCONTRAST: lambda x, params, tables: ops.autocontrast(x),
+    EQUALIZE: lambda x, params, tables: ops.equalize(x),
+}
+
 _MATRICES: dict[int, Callable[[Tensor, int, int], Tensor]] = {
     _KIND["ShearX"]: ops.shear_x_matrix, _KIND["ShearY"]: ops.shear_y_matrix,
     _KIND["TranslateX"]: ops.translate_x_matrix, _KIND["TranslateY"]: ops.translate_y_matrix,
     _KIND["Rotate"]: ops.rotate_matrix,
 }
-CPU_CHUNK_BYTES = 1 << 20
-_WARP = len(KINDS)  # the group of every geometric op: one warp for all of them
-
-# group -> the op on a run of images and their parameter rows (k, 6): a magnitude in column 0, or a matrix
-_GROUPS: dict[int, Callable[[Tensor, Tensor], Tensor]] = {
-    _WARP: lambda x, p: ops.warp(x, p.view(-1, 2, 3)),
-    _KIND["Brightness"]: lambda x, p: ops.brightness(x, p[:, 0]),
-    _KIND["Color"]: lambda x, p: ops.color(x, p[:, 0]),
-    _KIND["Contrast"]: lambda x, p: ops.contrast(x, p[:, 0]),
-    _KIND["Sharpness"]: lambda x, p: ops.sharpness(x, p[:, 0]),
-    _KIND["Posterize"]: lambda x, p: ops.posterize(x, p[:, 0]),
-    _KIND["Solarize"]: lambda x, p: ops.solarize(x, p[:, 0]),
-    _KIND["AutoContrast"]: lambda x, p: ops.autocontrast(x),
-    _KIND["Equalize"]: lambda x, p: ops.equalize(x),
-    _KIND["Invert"]: lambda x, p: ops.invert(x),
+# the pointwise ops that depend on their magnitude only: one table of 256 values each
+_POINTWISE: dict[int, Callable[[Tensor, Tensor], Tensor]] = {
+    _KIND["Brightness"]: ops.brightness, _KIND["Posterize"]: ops.posterize, _KIND["Solarize"]: ops.solarize,
+    _KIND["Invert"]: lambda images, magnitude: ops.invert(images),
 }
 
 
@@ -312,54 +342,72 @@ def op_parameters(kinds: Tensor, magnitudes: Tensor, height: int, width: int) ->
     return params.float()
 
 
+def _lookup_tables(kinds: Tensor, magnitudes: Tensor) -> Tensor:
+    """(..., 256) uint8: each fixed pointwise op applied to the image of all 256 levels (others: the levels)."""
+    levels = torch.arange(256, dtype=torch.uint8)
+    tables = levels.expand(*kinds.shape, 256).clone()
+    for kind, op in _POINTWISE.items():
+        chosen = kinds == kind
+        count = int(chosen.sum())
+        if count:
+            tables[chosen] = op(levels.expand(count, 1, 1, 256), magnitudes[chosen]).view(count, 256)
+    return tables
+
+
 def apply_ops(images: Tensor, kinds: Tensor, magnitudes: Tensor) -> Tensor:
     """Step j of image i is op KINDS[kinds[i, j]] at magnitudes[i, j] (kinds and magnitudes (N, L) on the CPU)."""
-    return _apply(images, kinds, op_parameters(kinds, magnitudes, *images.shape[-2:]))
+    n, steps = kinds.shape
+    programs = Programs.of(kinds, magnitudes, torch.full((n,), 1 / n, dtype=torch.float64), *images.shape[-2:])
+    return _apply(images, [(programs, column, torch.arange(n)) for column in range(steps)])
 
 
-def _apply(images: Tensor, kinds: Tensor, params: Tensor) -> Tensor:
-    """Step j of image i is op KINDS[kinds[i, j]] with params[i, j] (CPU tensors (N, L), (N, L, 6)).
+def _apply(images: Tensor, steps: Sequence[Step]) -> Tensor:
+    """Run the drawn steps, in order, on the batch.
 
-    Per step, on the CPU, the images are sorted by op group (every geometric op is one group);
-    one float32 table of each step's order, its inverse and the sorted parameters crosses to the
+    Per step, on the CPU, the images are sorted by op group (every geometric op is one group, every
+    fixed pointwise op another); the order and each image's program, for all steps, cross to the
     device in one copy. There, per step: one gather sorts the batch, each group's run of images
-    goes through its op (identity runs stay as they are), one gather puts the images back in
-    place. A step without ops is skipped.
+    goes through its op with its programs' parameters (copied to the device once), identity runs
+    stay as they are, one scatter puts the images back. A step without ops is skipped.
     """
-    chunk = max(1, CPU_CHUNK_BYTES // images.shape[1:].numel())
-    if images.device.type == "cpu" and len(images) > chunk:
+    n, shape = len(images), images.shape[1:]
+    images = images.contiguous()
+    chunk = max(1, CPU_CHUNK_BYTES // shape.numel())
+    if images.device.type == "cpu" and n > chunk:
         # A few images at a time: each op's temporaries stay in the CPU's caches.
-        return torch.cat([_apply(*part) for part in zip(images.split(chunk), kinds.split(chunk), params.split(chunk),
-                                                         strict=True)])
-    groups = kinds.clone()
-    groups[torch.isin(kinds, torch.tensor(list(_MATRICES)))] = _WARP
-    steps: list[list[tuple[int, int, int]]] = []  # per step: (group, first, after last) of its runs
-    tables = []
-    for step, group in enumerate(groups.unbind(1)):
-        if bool((group == _KIND["Identity"]).all()):  # a CPU tensor: no device sync
+        return torch.cat([_apply(images[start:start + chunk],
+                                 [(programs, column, drawn[start:start + chunk]) for programs, column, drawn in steps])
+                          for start in range(0, n, chunk)])
+    plans: list[tuple[Programs, int, list[tuple[int, int, int]]]] = []  # runs: (group, first, after last)
+    rows = []
+    for programs, column, drawn in steps:
+        group = programs.groups[drawn, column]
+        counts = torch.bincount(group, minlength=len(_RUN) + 1).tolist()  # a CPU tensor: no device sync
+        if counts[IDENTITY] == n:
             continue
         order = torch.argsort(group, stable=True)
-        counts = torch.bincount(group, minlength=_WARP + 1).tolist()
         bounds = list(itertools.accumulate(counts, initial=0))
-        steps.append([(g, bounds[g], bounds[g + 1]) for g in range(_WARP + 1) if counts[g]])
-        tables.append(torch.cat([order.unsqueeze(1).float(), torch.argsort(order).unsqueeze(1).float(),
-                                 params[order, step]], dim=1))
-    if not steps:
+        plans.append((programs, column, [(g, bounds[g], bounds[g + 1]) for g in _RUN if counts[g]]))
+        rows.append(torch.stack([order, drawn[order]]))
+    if not plans:
         return images
-    table = to_device(torch.stack(tables), images.device)  # (steps, N, 8); indices < 2^24 are exact
-    for runs, rows in zip(steps, table.unbind(0), strict=True):
-        order, inverse, step_params = rows[:, 0].long(), rows[:, 1].long(), rows[:, 2:]
-        ordered = _take(images, order)  # a new tensor: its runs can be changed in place
+    table = to_device(torch.stack(rows), images.device)  # (steps, 2, N): the order, each row's program
+    for (programs, column, runs), (order, drawn) in zip(plans, table.unbind(0), strict=True):
+        params, tables = programs.on(images.device)
+        ordered = _rows(images).index_select(0, order)  # a new tensor: its runs can be changed in place
         for group, start, stop in runs:
-            if group != _KIND["Identity"]:
-                ordered[start:stop] = _GROUPS[group](ordered[start:stop], step_params[start:stop])
-        images = _take(ordered, inverse)
+            run = ordered[start:stop].view(torch.uint8).view(-1, *shape)
+            which = drawn[start:stop]
+            run.copy_(_RUN[group](run, params[which, column], tables[which, column]))
+        images = torch.empty_like(images)
+        _rows(images).index_copy_(0, order, ordered)
     return images
 
 
-def _take(images: Tensor, index: Tensor) -> Tensor:
-    """images[index], with each image's bytes moved as 8-byte words when they divide evenly (~4x faster)."""
-    flat = images.reshape(len(images), -1)
-    if flat.shape[1] % 8 == 0 and flat.storage_offset() % 8 == 0:
-        return flat.view(torch.int64).index_select(0, index).view(torch.uint8).view(-1, *images.shape[1:])
-    return images.index_select(0, index)
+def _rows(images: Tensor) -> Tensor:
+    """Each image as one row, of 8-byte words when its bytes divide evenly: moving rows of words is ~4x
+    faster than rows of bytes. A view: writing to it writes the images."""
+    rows = images.view(len(images), -1)
+    if rows.shape[1] % 8 == 0 and rows.storage_offset() % 8 == 0:
+        return rows.view(torch.int64)
+    return rows
