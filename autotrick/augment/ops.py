@@ -88,33 +88,43 @@ def rotate_matrix(magnitude: Tensor, height: int, width: int) -> Tensor:
 
 
 def warp(images: Tensor, matrices: Tensor) -> Tensor:
-    """Each image through its own inverse affine matrix (N, 2, 3): nearest neighbour, fill 0.
+    """Each image through its own inverse affine matrix (N, 2, 3): nearest neighbour, fill 0."""
+    return remap(images, source_index(matrices, *images.shape[-2:]))
+
+
+def source_index(matrices: Tensor, height: int, width: int) -> Tensor:
+    """For inverse affine matrices (N, 2, 3): the pixel each output pixel reads, as an int64 index
+    (N, H·W) into the image with a zero border of 1 pixel around it ((H + 2)·(W + 2) pixels).
 
     torchvision's `_affine_grid` and `grid_sample` (nearest, zero padding, align_corners=False), as
     elementwise float32 steps: output pixel (x, y) about the center reads the normalized point
     g = (x, y, 1)·(M⁻¹ / (W/2, H/2))ᵀ, that is pixel round(((g + 1)·size − 1) / 2), ties to even.
     Separate elementwise ops round the same way on every device (a matrix product or grid_sample
-    need not), and one gather of uint8 pixels replaces sampling a float copy of the images.
-    (2 of 17 million pixels differed from torchvision in the tests of 224 x 224 and smaller images: ties
-    at exactly half a pixel, which torchvision's matrix product can round either way.)
+    need not). (2 of 17 million pixels differed from torchvision in the tests of 224 x 224 and
+    smaller images: ties at exactly half a pixel, which torchvision's matrix product can round
+    either way.)
     """
-    n, c, h, w = images.shape
-    device = images.device
-    theta = matrices.to(device=device, dtype=torch.float32)
-    xs, ys = _pixel_centers(w, device).view(1, 1, w), _pixel_centers(h, device).view(1, h, 1)
+    n, device = len(matrices), matrices.device
+    theta = matrices.to(torch.float32)
+    xs, ys = _pixel_centers(width, device).view(1, 1, width), _pixel_centers(height, device).view(1, height, 1)
 
     def source(row: Tensor, size: int) -> Tensor:  # row (N, 3) of the matrix -> pixel read (N, H, W)
         a, b, t = (v.view(n, 1, 1) for v in (row / (0.5 * size)).unbind(1))  # normalized, as torchvision
         grid = xs * a + ys * b + t
         return grid.add_(1).mul_(size).sub_(1).div_(2).round_()
 
-    # Clamped to one pixel outside, a read off the image lands on the zero border added around it.
-    col, row = source(theta[:, 0], w).clamp_(-1, w), source(theta[:, 1], h).clamp_(-1, h)
-    # The flat index into the bordered image, in float32 (exact for whole numbers below 2^24),
-    # converted to int64 once, for gather.
-    index = row.add_(1).mul_(w + 2).add_(col).add_(1).long().view(n, 1, -1)
+    # Clamped to one pixel outside, a read off the image lands on the zero border.
+    col, row = source(theta[:, 0], width).clamp_(-1, width), source(theta[:, 1], height).clamp_(-1, height)
+    # the flat index in float32 (exact for whole numbers below 2^24), converted to int64 once
+    return row.add_(1).mul_(width + 2).add_(col).add_(1).long().view(n, -1)
+
+
+def remap(images: Tensor, index: Tensor) -> Tensor:
+    """Output pixel p of image i is pixel index[i, p] of image i with a zero border around it (see
+    source_index): one gather of uint8 pixels."""
+    n, c, h, w = images.shape
     bordered = F.pad(images, (1, 1, 1, 1)).view(n, c, -1)
-    return bordered.gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+    return bordered.gather(2, index.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
 
 
 @functools.lru_cache(maxsize=32)

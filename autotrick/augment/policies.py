@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -164,21 +165,23 @@ def outcomes(space: Space, name: str, magnitude_bin: int | None, num_bins: int, 
 @dataclass(frozen=True, eq=False)
 class Programs:
     """A categorical distribution over op sequences of one length L, drawn once per image, with what
-    each step needs precomputed: its op group, parameters and, for a fixed pointwise op, its table."""
+    each step needs precomputed: how it runs, its parameters, and for the ops that do not depend on
+    the image, its look-up table and (images of MAPPED_PIXELS or fewer) the pixel each pixel reads."""
 
     kinds: Tensor  # int64 (K, L): indices into KINDS
     magnitudes: Tensor  # float32 (K, L): torchvision's signed magnitudes
     probabilities: Tensor  # float64 (K,), summing to 1
-    groups: Tensor  # int64 (K, L): how each step runs (see _GROUP)
-    params: Tensor  # float32 (K, L, 6): the magnitude (column 0), or a geometric op's inverse affine matrix
-    tables: Tensor  # uint8 (K, L, 256): a fixed pointwise op's value for each level (others: 0..255)
-    _on_device: dict[torch.device, tuple[Tensor, Tensor]] = field(default_factory=dict, compare=False, repr=False)
+    groups: Tensor  # int64 (K, L): how each step runs (IDENTITY, STATIC, ...)
+    prepared: Prepared  # on the CPU; Programs.on(device) has them on a device
 
     @classmethod
     def of(cls, kinds: Tensor, magnitudes: Tensor, probabilities: Tensor, height: int, width: int) -> Programs:
         """Programs of ops `kinds` at `magnitudes` ((K, L)) for images of height x width."""
-        return cls(kinds, magnitudes, probabilities, _GROUP_OF_KIND[kinds],
-                   op_parameters(kinds, magnitudes, height, width), _lookup_tables(kinds, magnitudes))
+        params = op_parameters(kinds, magnitudes, height, width)
+        mapped = height * width <= MAPPED_PIXELS
+        groups = (_GROUP_MAPPED if mapped else _GROUP)[kinds]
+        maps = _index_maps(kinds, params, height, width) if mapped else None
+        return cls(kinds, magnitudes, probabilities, groups, Prepared(params, _lookup_tables(kinds, magnitudes), maps))
 
     @classmethod
     def listed(cls, programs: Sequence[tuple[Sequence[tuple[str, float]], float]], height: int,
@@ -195,13 +198,22 @@ class Programs:
         uniform = torch.rand(n, generator=generator, dtype=torch.float64) * cumulative[-1]
         return torch.searchsorted(cumulative, uniform, right=True).clamp_(max=len(cumulative) - 1)
 
-    def on(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """params and tables on `device`, copied there once."""
+    def on(self, device: torch.device) -> Prepared:
+        """What the ops take, on `device`: copied there on first use (the only copy that waits)."""
         if device.type == "cpu":
-            return self.params, self.tables
-        if device not in self._on_device:
-            self._on_device[device] = (self.params.to(device), self.tables.to(device))
-        return self._on_device[device]
+            return self.prepared
+        cache = self.__dict__.setdefault("_on_device", {})  # frozen: caches go in the instance dict
+        if device not in cache:
+            cache[device] = Prepared(*(t if t is None else t.to(device) for t in self.prepared))
+        return cache[device]
+
+
+class Prepared(NamedTuple):
+    """Per program and step: what the op groups take."""
+
+    params: Tensor  # float32 (K, L, 6): the magnitude (column 0), or a geometric op's inverse affine matrix
+    tables: Tensor  # uint8 (K, L, 256): a fixed pointwise op's value for each level (other ops: 0..255)
+    maps: Tensor | None  # int64 (K, L, H·W): the pixel each pixel reads (ops.source_index); small images
 
 
 Step = tuple[Programs, int, Tensor]  # (programs, which step of them, each image's program (N,) on the CPU)
@@ -300,23 +312,30 @@ class AutoAugment(Policy):
 # --- applying drawn ops to a batch -----------------------------------------------------------------
 
 CPU_CHUNK_BYTES = 1 << 20
+MAPPED_PIXELS = 32 * 32  # up to this size, every program's pixel map is precomputed (32x32: 8 KB each)
 
-# How a step runs: each group is one pass over the run of images that drew one of its ops.
-IDENTITY, WARP, LOOKUP, COLOR, CONTRAST, SHARPNESS, AUTOCONTRAST, EQUALIZE = range(8)
-_GROUP = {"Identity": IDENTITY, "ShearX": WARP, "ShearY": WARP, "TranslateX": WARP, "TranslateY": WARP,
-          "Rotate": WARP, "Brightness": LOOKUP, "Posterize": LOOKUP, "Solarize": LOOKUP, "Invert": LOOKUP,
-          "Color": COLOR, "Contrast": CONTRAST, "Sharpness": SHARPNESS, "AutoContrast": AUTOCONTRAST,
-          "Equalize": EQUALIZE}
-_GROUP_OF_KIND = torch.tensor([_GROUP[name] for name in KINDS])
-# group -> the op on a run of images, given their parameter rows (k, 6) and tables (k, 256)
-_RUN: dict[int, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
-    WARP: lambda x, params, tables: ops.warp(x, params.view(-1, 2, 3)),
-    LOOKUP: lambda x, params, tables: ops.lookup(x, tables),
-    COLOR: lambda x, params, tables: ops.color(x, params[:, 0]),
-    CONTRAST: lambda x, params, tables: ops.contrast(x, params[:, 0]),
-    SHARPNESS: lambda x, params, tables: ops.sharpness(x, params[:, 0]),
-    AUTOCONTRAST: lambda x, params, tables: ops.autocontrast(x),
-    EQUALIZE: lambda x, params, tables: ops.equalize(x),
+# How a step runs: each group is one pass over the run of images that drew one of its ops. On small
+# images every op that does not depend on the image (geometric ones, fixed pointwise ones) is STATIC:
+# its precomputed pixel map and table, two gathers; on bigger ones the geometric ops' maps are
+# computed for the images that drew them (WARP), and fixed pointwise ops are one table (LOOKUP).
+IDENTITY, STATIC, WARP, LOOKUP, COLOR, CONTRAST, SHARPNESS, AUTOCONTRAST, EQUALIZE = range(9)
+_GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+_FIXED_POINTWISE = ("Brightness", "Posterize", "Solarize", "Invert")
+_DEPENDENT = {"Identity": IDENTITY, "Color": COLOR, "Contrast": CONTRAST, "Sharpness": SHARPNESS,
+              "AutoContrast": AUTOCONTRAST, "Equalize": EQUALIZE}
+_GROUP = torch.tensor([WARP if k in _GEOMETRIC else LOOKUP if k in _FIXED_POINTWISE else _DEPENDENT[k]
+                       for k in KINDS])
+_GROUP_MAPPED = torch.tensor([STATIC if k in _GEOMETRIC + _FIXED_POINTWISE else _DEPENDENT[k] for k in KINDS])
+# group -> its op on a run of images, given the prepared tensors and the run's programs and step
+_RUN: dict[int, Callable[[Tensor, Prepared, Tensor, int], Tensor]] = {
+    STATIC: lambda x, p, which, j: ops.lookup(ops.remap(x, p.maps[which, j]), p.tables[which, j]),  # type: ignore[index]
+    WARP: lambda x, p, which, j: ops.warp(x, p.params[which, j].view(-1, 2, 3)),
+    LOOKUP: lambda x, p, which, j: ops.lookup(x, p.tables[which, j]),
+    COLOR: lambda x, p, which, j: ops.color(x, p.params[which, j, 0]),
+    CONTRAST: lambda x, p, which, j: ops.contrast(x, p.params[which, j, 0]),
+    SHARPNESS: lambda x, p, which, j: ops.sharpness(x, p.params[which, j, 0]),
+    AUTOCONTRAST: lambda x, p, which, j: ops.autocontrast(x),
+    EQUALIZE: lambda x, p, which, j: ops.equalize(x),
 }
 
 _MATRICES: dict[int, Callable[[Tensor, int, int], Tensor]] = {
@@ -354,6 +373,14 @@ def _lookup_tables(kinds: Tensor, magnitudes: Tensor) -> Tensor:
     return tables
 
 
+def _index_maps(kinds: Tensor, params: Tensor, height: int, width: int) -> Tensor:
+    """(..., H·W) int64: the pixel each pixel reads under each geometric op (others: itself)."""
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    geometric = torch.isin(kinds, torch.tensor(list(_MATRICES)))
+    matrices = torch.where(geometric[..., None, None], params.view(*kinds.shape, 2, 3), identity)
+    return ops.source_index(matrices.view(-1, 2, 3), height, width).view(*kinds.shape, height * width)
+
+
 def apply_ops(images: Tensor, kinds: Tensor, magnitudes: Tensor) -> Tensor:
     """Step j of image i is op KINDS[kinds[i, j]] at magnitudes[i, j] (kinds and magnitudes (N, L) on the CPU)."""
     n, steps = kinds.shape
@@ -364,11 +391,11 @@ def apply_ops(images: Tensor, kinds: Tensor, magnitudes: Tensor) -> Tensor:
 def _apply(images: Tensor, steps: Sequence[Step]) -> Tensor:
     """Run the drawn steps, in order, on the batch.
 
-    Per step, on the CPU, the images are sorted by op group (every geometric op is one group, every
-    fixed pointwise op another); the order and each image's program, for all steps, cross to the
-    device in one copy. There, per step: one gather sorts the batch, each group's run of images
-    goes through its op with its programs' parameters (copied to the device once), identity runs
-    stay as they are, one scatter puts the images back. A step without ops is skipped.
+    Per step, on the CPU, the images are sorted by how their op runs (see STATIC, WARP, ...); the
+    order and each image's program, for all steps, cross to the device in one copy. There, per
+    step: one gather sorts the batch, each group's run of images goes through its op with its
+    programs' prepared tensors (copied to the device once), identity runs stay as they are, and
+    one scatter puts the images back. A step without ops is skipped.
     """
     n, shape = len(images), images.shape[1:]
     images = images.contiguous()
@@ -382,6 +409,8 @@ def _apply(images: Tensor, steps: Sequence[Step]) -> Tensor:
     rows = []
     for programs, column, drawn in steps:
         group = programs.groups[drawn, column]
+        if shape[0] == 1:  # saturation leaves grey images as they are
+            group = torch.where(group == COLOR, IDENTITY, group)
         counts = torch.bincount(group, minlength=len(_RUN) + 1).tolist()  # a CPU tensor: no device sync
         if counts[IDENTITY] == n:
             continue
@@ -393,12 +422,12 @@ def _apply(images: Tensor, steps: Sequence[Step]) -> Tensor:
         return images
     table = to_device(torch.stack(rows), images.device)  # (steps, 2, N): the order, each row's program
     for (programs, column, runs), (order, drawn) in zip(plans, table.unbind(0), strict=True):
-        params, tables = programs.on(images.device)
+        prepared = programs.on(images.device)
         ordered = _rows(images).index_select(0, order)  # a new tensor: its runs can be changed in place
+        ordered_images = ordered.view(torch.uint8).view(n, *shape)
         for group, start, stop in runs:
-            run = ordered[start:stop].view(torch.uint8).view(-1, *shape)
-            which = drawn[start:stop]
-            run.copy_(_RUN[group](run, params[which, column], tables[which, column]))
+            run = ordered_images[start:stop]
+            run.copy_(_RUN[group](run, prepared, drawn[start:stop], column))
         images = torch.empty_like(images)
         _rows(images).index_copy_(0, order, ordered)
     return images
