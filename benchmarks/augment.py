@@ -13,7 +13,8 @@ Measures, in this process:
    more than 1 level apart on 32x32x3 images), to back the choice not to use it;
 3. the digits cnn trained by `autotrick.trainer.run_trial` (5 epochs, 2 threads, then 1) with
    each policy against none: training images/s (median of the runs, interleaved) and the ratio
-   to none (target, 2 threads: >= 0.7).
+   to none (target, 2 threads: >= 0.7); and, less disturbed by other load, the fastest of 300 runs
+   of one training step and of each policy on its batch of 64.
 Prints one JSON object. kornia is optional (`pip install kornia`); without it (b) and 2 are skipped.
 """
 
@@ -172,6 +173,47 @@ def digits_training(repeats: int, threads: int) -> dict[str, object]:
                    "ratio_to_none": round(statistics.median(runs) / base, 3)} for name, runs in rates.items()}
 
 
+def digits_batch_times(threads: int, repeats: int = 300) -> dict[str, object]:
+    """The fastest of `repeats` runs of one digits training step (batch 64, the trainer's cnn, no
+    policy) and of each policy on the same batch: on a busy machine the fastest run is the least
+    disturbed one, so step / (step + policy) estimates the ratio to none that a quiet machine gets."""
+    from autotrick.apply import apply_tricks
+    from autotrick.data import basic_augment, load_data, normalize
+    from autotrick.models import build_model
+
+    torch.set_num_threads(threads)
+    data = load_data("digits")
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=10, in_channels=1, image_size=data.image_size)
+    setup = apply_tricks(resolve_values({}, "benchmark"), model.to(memory_format=torch.channels_last),
+                         num_classes=10, steps_per_epoch=23, epochs=5)
+    index = torch.arange(64)
+
+    def step() -> None:  # the trainer's loop body without the policy
+        x = basic_augment(data.train_x[index], crop_padding=data.crop_padding, flip=data.flip,
+                          generator=setup.generator)
+        x, targets = setup.mix(normalize(x, data.mean, data.std), setup.targets(data.train_y[index]))
+        setup.step(setup.loss(setup.model(x.contiguous(memory_format=torch.channels_last)), targets))
+
+    def fastest(run: Callable[[], object]) -> float:
+        run()
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - started)
+        return best * 1e3
+
+    step_ms = fastest(step)
+    result: dict[str, object] = {"training_step_ms": round(step_ms, 3)}
+    images = data.train_x[index]
+    for name in POLICIES:
+        policy, generator = autotrick_policy(name), torch.Generator().manual_seed(0)
+        policy_ms = fastest(lambda p=policy, g=generator: p(images, g))
+        result[name] = {"policy_ms": round(policy_ms, 3), "ratio_estimate": round(step_ms / (step_ms + policy_ms), 3)}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
@@ -209,6 +251,7 @@ def main() -> None:
             if threads == 2:
                 result["target_ratio_met"] = all(row["ratio_to_none"] >= 0.7  # type: ignore[index]
                                                  for row in training.values())
+            result[f"digits_batch_fastest_{threads}_thread{'s' if threads > 1 else ''}"] = digits_batch_times(threads)
     result["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     result["seconds"] = round(time.time() - started, 1)
     text = json.dumps(result, indent=2)
