@@ -1,6 +1,9 @@
 """The batched augmentation policies against torchvision's v2 ones, with real torch and torchvision
 (nothing mocked): every op against torchvision's functional op, every policy replaying torchvision's
-own random draws, the per-image draws against the shares the policy implies, and training."""
+own random draws, each image's draw against torchvision's outcome distribution, and training.
+
+Images up to 32x32 (autotrick.augment.policies.MAPPED_PIXELS) run their fixed ops from precomputed
+pixel maps and tables, bigger ones compute them per batch: the shapes below cover both."""
 
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 # sign, center or rounding moves whole rows or columns: thousands of pixels).
 TIE_SHARE = 1e-4
 TOLERANCE = {name: TIE_SHARE if name in GEOMETRIC else 0.0 for name in KINDS}
-SHAPES = [(1, 8, 8), (3, 8, 8), (3, 32, 32), (1, 31, 17), (3, 20, 33), (3, 224, 224)]
+SHAPES = [(1, 8, 8), (3, 8, 8), (3, 32, 32), (1, 31, 17), (3, 20, 33), (1, 48, 37), (3, 224, 224)]
 
 
 def sample_images(n: int, shape: tuple[int, int, int], seed: int = 0) -> Tensor:
@@ -176,7 +179,8 @@ REPLAYS: dict[str, tuple[Callable[[], v2.Transform], Callable[[Tensor], list[tup
 }
 
 
-@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32), (3, 23, 40)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32), (3, 23, 40), (3, 36, 45)],
+                         ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("policy", REPLAYS)
 def test_policy_tables_replay_torchvisions_own_draws(policy: str, shape: tuple[int, int, int]) -> None:
     """Seed torch, let torchvision's policy augment an image; seed again, replay the same draws

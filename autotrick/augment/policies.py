@@ -3,31 +3,34 @@ own draw, applied on the batch's device: `policy(images, generator) -> images`.
 
 Same op sets, magnitude tables, signs, probabilities, fill 0 and nearest sampling as
 `torchvision/transforms/v2/_auto_augment.py` (0.29); tests/test_augment.py replays torchvision's
-own random draws through these tables and gets torchvision's images.
+own random draws through these tables and gets torchvision's images, and checks each image's draw
+against torchvision's outcome distribution.
 
 How: a policy is a categorical distribution over short op sequences ("programs": TrivialAugmentWide
-one op at one of 31 magnitudes and a sign; AutoAugment a sub-policy's two ops, each applied or not,
+one op at one of 31 magnitudes with a sign; AutoAugment a sub-policy's two ops, each applied or not,
 each signed; RandAugment num_ops independent draws of one op). Per batch, one uniform number per
-image and draw picks its program (on the CPU, from the caller's `torch.Generator`); the
-per-image parameters (image order, magnitude or affine matrix, precomputed per program) cross to
-the device as one small table in one non-blocking copy. There each op kind runs once, on the run
-of images that drew it, and every geometric op (shears, translations, rotation) is one warp of the
-images that drew any of them. The same generator state gives the same batch on any device; nothing
-waits on the device. On the CPU a batch goes through in pieces of about 1 MB, which keeps each
-op's temporaries in cache (2x at 224 x 224).
+image and draw, from the caller's CPU `torch.Generator`, picks its program; the images' order by
+op and their programs cross to the device as one small table in one non-blocking copy. Each
+program's parameters are precomputed (magnitude, affine matrix, look-up table for the pointwise
+ops that do not depend on the image, and on images up to 32x32 the pixel each pixel reads), and
+copied to a device once. On the device each op kind runs once per step, on the run of images that
+drew it. The same generator state gives the same batch on any device, and nothing waits on the
+device. On the CPU a batch goes through in pieces of about 1 MB, which keeps each op's
+temporaries in cache (2x at 224 x 224).
 
-Why not kornia (`kornia.augmentation.auto`, 0.9.0, read and measured on the 2-core VM; figures
-from `benchmarks/augment.py`, see benchmarks/README.md):
+Why not kornia (`kornia.augmentation.auto`, 0.9.0; read, and measured by benchmarks/augment.py on
+the 2-core VM, figures in benchmarks/README.md):
 - it draws one op (TrivialAugment, RandAugment) or one sub-policy (AutoAugment) per *batch*: only
-  magnitudes and probabilities vary per image, so a batch of 256 gets 1-2 op kinds, not 256 draws;
+  magnitudes and probabilities vary per image, so a batch of 256 gets 1 or 2 op kinds, not 256 draws;
 - its tables are not torchvision's: TrivialAugment has 12 ops (no identity, no colour), rotates at
   most 30 degrees (torchvision: 135), shears up to 0.3·180 degrees, translates by image fractions;
-  RandAugment adds invert and solarize-add; magnitudes are drawn from ranges, not 31 bins;
-- geometric ops interpolate bilinearly with align_corners=True (torchvision: nearest), on float
-  images in [0, 1]: outputs are not torchvision's even for the same op and magnitude;
+  RandAugment adds invert and solarize-add; magnitudes come from ranges, not 31 bins;
+- its ops are not torchvision's at the same magnitude: rotation and shear interpolate bilinearly
+  (torchvision: nearest), brightness adds instead of multiplying, contrast scales instead of
+  blending with the mean, saturation goes through HSV; KORNIA_APART;
 - it draws from torch's global generator and takes no generator, so a trial's augmentation could
-  not follow its seed independently of everything else drawing random numbers;
-- speed: MEASURED_KORNIA.
+  not follow its seed apart from everything else that draws random numbers;
+- it is slower: KORNIA_SPEED.
 """
 
 from __future__ import annotations
@@ -316,21 +319,24 @@ MAPPED_PIXELS = 32 * 32  # up to this size, every program's pixel map is precomp
 
 # How a step runs: each group is one pass over the run of images that drew one of its ops. On small
 # images every op that does not depend on the image (geometric ones, fixed pointwise ones) is STATIC:
-# its precomputed pixel map and table, two gathers; on bigger ones the geometric ops' maps are
-# computed for the images that drew them (WARP), and fixed pointwise ops are one table (LOOKUP).
-IDENTITY, STATIC, WARP, LOOKUP, COLOR, CONTRAST, SHARPNESS, AUTOCONTRAST, EQUALIZE = range(9)
+# its precomputed pixel map and table, two gathers. On bigger ones the geometric ops' maps are
+# computed for the images that drew them (WARP), brightness and solarize are one table (LOOKUP), and
+# posterize and invert, one bitwise op each, are cheaper than a table.
+IDENTITY, STATIC, WARP, LOOKUP, POSTERIZE, INVERT, COLOR, CONTRAST, SHARPNESS, AUTOCONTRAST, EQUALIZE = range(11)
 _GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 _FIXED_POINTWISE = ("Brightness", "Posterize", "Solarize", "Invert")
-_DEPENDENT = {"Identity": IDENTITY, "Color": COLOR, "Contrast": CONTRAST, "Sharpness": SHARPNESS,
-              "AutoContrast": AUTOCONTRAST, "Equalize": EQUALIZE}
-_GROUP = torch.tensor([WARP if k in _GEOMETRIC else LOOKUP if k in _FIXED_POINTWISE else _DEPENDENT[k]
-                       for k in KINDS])
-_GROUP_MAPPED = torch.tensor([STATIC if k in _GEOMETRIC + _FIXED_POINTWISE else _DEPENDENT[k] for k in KINDS])
+_OTHERS = {"Identity": IDENTITY, "Color": COLOR, "Contrast": CONTRAST, "Sharpness": SHARPNESS,
+           "AutoContrast": AUTOCONTRAST, "Equalize": EQUALIZE}
+_GROUP = torch.tensor([WARP if k in _GEOMETRIC else {**_OTHERS, "Brightness": LOOKUP, "Solarize": LOOKUP,
+                                                      "Posterize": POSTERIZE, "Invert": INVERT}[k] for k in KINDS])
+_GROUP_MAPPED = torch.tensor([STATIC if k in _GEOMETRIC + _FIXED_POINTWISE else _OTHERS[k] for k in KINDS])
 # group -> its op on a run of images, given the prepared tensors and the run's programs and step
 _RUN: dict[int, Callable[[Tensor, Prepared, Tensor, int], Tensor]] = {
     STATIC: lambda x, p, which, j: ops.lookup(ops.remap(x, p.maps[which, j]), p.tables[which, j]),  # type: ignore[index]
     WARP: lambda x, p, which, j: ops.warp(x, p.params[which, j].view(-1, 2, 3)),
     LOOKUP: lambda x, p, which, j: ops.lookup(x, p.tables[which, j]),
+    POSTERIZE: lambda x, p, which, j: ops.posterize(x, p.params[which, j, 0]),
+    INVERT: lambda x, p, which, j: ops.invert(x),
     COLOR: lambda x, p, which, j: ops.color(x, p.params[which, j, 0]),
     CONTRAST: lambda x, p, which, j: ops.contrast(x, p.params[which, j, 0]),
     SHARPNESS: lambda x, p, which, j: ops.sharpness(x, p.params[which, j, 0]),
