@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -170,7 +170,7 @@ def outcomes(space: Space, name: str, magnitude_bin: int | None, num_bins: int, 
     return [(name, magnitude, 0.5), (name, -magnitude, 0.5)] if signed else [(name, magnitude, 1.0)]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class Programs:
     """A categorical distribution over op sequences of one length L, drawn once per image, with what
     each step needs precomputed: how it runs, its parameters, and for the ops that do not depend on
@@ -181,6 +181,7 @@ class Programs:
     probabilities: Tensor  # float64 (K,), summing to 1
     groups: Tensor  # int64 (K, L): how each step runs (IDENTITY, STATIC, ...)
     prepared: Prepared  # on the CPU; Programs.on(device) has them on a device
+    _on_device: dict[torch.device, Prepared] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, kinds: Tensor, magnitudes: Tensor, probabilities: Tensor, height: int, width: int) -> Programs:
@@ -210,10 +211,9 @@ class Programs:
         """What the ops take, on `device`: copied there on first use (the only copy that waits)."""
         if device.type == "cpu":
             return self.prepared
-        cache = self.__dict__.setdefault("_on_device", {})  # frozen: caches go in the instance dict
-        if device not in cache:
-            cache[device] = Prepared(*(t if t is None else t.to(device) for t in self.prepared))
-        return cache[device]
+        if device not in self._on_device:
+            self._on_device[device] = Prepared(*(t if t is None else t.to(device) for t in self.prepared))
+        return self._on_device[device]
 
 
 class Prepared(NamedTuple):
