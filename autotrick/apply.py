@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from autotrick.augment.policies import Policy
 from autotrick.params import Value
 from autotrick.tricks import defaults
-from autotrick.tricks.augment import AUGMENT, augment_batch, policy_transform
+from autotrick.tricks.augment import AUGMENT, policy_transform
 from autotrick.tricks.clipping import CLIP, clip_gradients
 from autotrick.tricks.dropout import DROPOUT, set_dropout
 from autotrick.tricks.early_stop import EARLY_STOP, EarlyStopper
@@ -74,7 +75,7 @@ class TrainingSetup:
     num_classes: int
     device: torch.device
     precision: str
-    train_transform: Callable[[Tensor], Tensor] | None
+    train_transform: Policy | None
     early_stopper: EarlyStopper
     generator: torch.Generator
 
@@ -90,10 +91,10 @@ class TrainingSetup:
         return soft_targets(labels, self.num_classes, **self._smoothing)  # type: ignore[arg-type]
 
     def augment(self, images: Tensor) -> Tensor:
-        """The augmentation policy on a uint8 batch (each image its own random ops)."""
+        """The augmentation policy on a uint8 batch, where it is (each image its own random ops)."""
         if self.train_transform is None:
             return images
-        return augment_batch(images.cpu(), self.train_transform).to(images.device, non_blocking=True)
+        return self.train_transform(images, self.generator)
 
     def mix(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         return mix_batch(x, targets, generator=self.generator, **MIX.kwargs(self.values))

@@ -35,19 +35,16 @@ class MyNet(nn.Module):
 
 
 class Digits(Dataset[tuple[torch.Tensor, int]]):
-    """The user's own data pipeline: uint8 images, the recipe's augmentation policy per image."""
+    """The user's own data pipeline: uint8 images (the recipe's augmentation runs on whole batches)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = self.images[i]
-        if self.transform is not None:
-            image = self.transform(image)
-        return image.float() / 255.0, int(self.labels[i])
+        return self.images[i], int(self.labels[i])
 
 
 def main() -> None:
@@ -66,8 +63,7 @@ def main() -> None:
     train_idx, val_idx = order[:1437], order[1437:]
 
     setup = recipe.apply(MyNet(), num_classes=10, steps_per_epoch=23, epochs=epochs)
-    train_loader = DataLoader(Digits(images[train_idx], labels[train_idx], setup.train_transform),
-                              batch_size=64, shuffle=True)
+    train_loader = DataLoader(Digits(images[train_idx], labels[train_idx]), batch_size=64, shuffle=True)
     assert len(train_loader) == 23
 
     def evaluate() -> float:
@@ -79,6 +75,7 @@ def main() -> None:
     def train_one_epoch() -> None:
         setup.model.train()
         for x, y in train_loader:
+            x = setup.augment(x).float() / 255.0               # the policy, each image its own draw
             x, targets = setup.mix(x, setup.targets(y))        # smoothing, then mixup/cutmix
             with setup.autocast():
                 loss = setup.loss(setup.model(x), targets)     # soft cross-entropy + L1

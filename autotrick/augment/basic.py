@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from autotrick.device import to_device
 from autotrick.errors import ConfigError
 
 
@@ -45,7 +46,7 @@ def basic_augment(x: Tensor, *, crop_padding: int, flip: bool, generator: torch.
     # whether to mirror. Only these 3 numbers per image cross to the device.
     draws = torch.randint(0, 2 * p + 1, (n, 3), generator=generator)
     draws[:, 2] = (torch.rand(n, generator=generator) < 0.5) if flip else 0
-    dy, dx, flipped = _to_device(draws, x.device).unbind(1)
+    dy, dx, flipped = to_device(draws, x.device).unbind(1)
     rows = dy.unsqueeze(1) + torch.arange(h, device=x.device)
     cols = dx.unsqueeze(1) + torch.arange(w, device=x.device)
     cols = torch.where(flipped.unsqueeze(1).bool(), cols.flip(1), cols)  # the window read right to left
@@ -54,9 +55,3 @@ def basic_augment(x: Tensor, *, crop_padding: int, flip: bool, generator: torch.
     index = (rows.unsqueeze(2) * (w + 2 * p) + cols.unsqueeze(1)).view(n, 1, h * w)
     padded = F.pad(x, (p, p, p, p)) if p else x
     return padded.reshape(n, c, -1).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
-
-
-def _to_device(t: Tensor, device: torch.device) -> Tensor:
-    if device.type == "cuda":  # from pinned memory the copy is asynchronous: no stall every batch
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
