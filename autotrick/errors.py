@@ -11,3 +11,8 @@ class ConfigError(AutotrickError):
 
 class DataError(AutotrickError):
     """A data set that cannot be found or read where the user said it would be."""
+
+
+class TrickNote(UserWarning):
+    """What a trick did to the model other than asked, or where, said in one line (a norm kept
+    where the asked one is undefined, where a Dropout went). The trainer prints each one."""

@@ -49,14 +49,16 @@ class Recipe:
         return path
 
     def apply(self, model: Any, *, num_classes: int, steps_per_epoch: int, epochs: int | None = None,
-              device: str = "cpu", seed: int | None = None) -> Any:
+              device: str = "cpu", seed: int | None = None, example: Any = None) -> Any:
         """Apply the model-side tricks to `model` and build the optimizer, per-step schedule,
-        loss, transforms and pruning step for a training loop: see autotrick.apply.TrainingSetup."""
+        loss, transforms and pruning step for a training loop: see autotrick.apply.TrainingSetup.
+        `example`, a small batch of inputs, lets the model-side tricks see the model run once:
+        where the classifier is, what each norm sees; init.zero_last_norm needs it."""
         from autotrick.apply import apply_tricks
 
         return apply_tricks(self.tricks, model, num_classes=num_classes, steps_per_epoch=steps_per_epoch,
                             epochs=epochs or int(self.training.get("epochs", 15)), device=device,
-                            seed=self.training.get("seed", 0) if seed is None else seed)
+                            seed=self.training.get("seed", 0) if seed is None else seed, example=example)
 
 
 def parse_recipe(text: str, source: str) -> Recipe:

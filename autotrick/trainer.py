@@ -86,8 +86,9 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
     model = build_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels,
                         image_size=data.image_size)
     steps_per_epoch = math.ceil(len(data.train_y) / config.batch_size)
+    example = normalize(data.train_x[:4], data.mean, data.std)  # the model-side tricks watch the model run
     setup = apply_tricks(values, model, num_classes=data.num_classes, steps_per_epoch=steps_per_epoch,
-                         epochs=config.epochs, device=device, seed=config.seed)
+                         epochs=config.epochs, device=device, seed=config.seed, example=example)
     channels_last = _is_conv_net(setup.model)  # faster convolutions on CUDA and on the CPU alike
     if channels_last:
         setup.model = setup.model.to(memory_format=torch.channels_last)
