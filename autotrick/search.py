@@ -131,7 +131,7 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
     worst = 0.0 if metric == "val_accuracy" else 1e9
 
     def report(epoch: EpochReport) -> None:
-        metrics = {**epoch.metrics(), "outcome": epoch.outcome or ""}
+        metrics = {**epoch.metrics(), "outcome": epoch.outcome or "", "reason": epoch.warning}
         if not math.isfinite(metrics[metric]):
             metrics[metric] = worst  # ASHA compares this number: a NaN would poison its rungs
         tune.report(metrics)
@@ -143,8 +143,9 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
         tune.report({metric: worst, "outcome": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]})
         return
     if result.reason or result.sparsity is not None:
+        reason = "; ".join(r for r in (result.reason, result.warning) if r)
         tune.report({metric: result.val_accuracy if metric == "val_accuracy" else result.val_loss,
-                     "outcome": result.outcome, "reason": result.reason, "sparsity": result.sparsity or 0.0,
+                     "outcome": result.outcome, "reason": reason, "sparsity": result.sparsity or 0.0,
                      "nonzero_params": result.nonzero_params or 0, "epoch": result.epochs_run,
                      "final": 1})
 

@@ -4,12 +4,19 @@ and report after every epoch through a callback. Imports neither Ray nor MLflow.
 The data set is kept on the device as uint8 tensors and sliced into batches (no DataLoader): for
 data that fits in memory this is what makes small trials fast, on the CPU and on a GPU.
 A non-finite loss ends the trial as "diverged"; running out of memory ends it as "oom".
+
+The model-side tricks see the model run once on a few training images (where the classifier is,
+what each norm sees), and diagnose.check_model looks at the result on the same images before the
+first epoch: what the tricks said (TrickNote warnings) and the check's one-line warning, if the
+tricks damaged the model, go to `on_prepared`, to the result, and (the warning) to every epoch's
+report, so that a search records it as the trial's reason.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -17,8 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from autotrick.apply import TrainingSetup, apply_tricks
+from autotrick.apply import TrainingSetup, apply_tricks, prepare_model
 from autotrick.data import ImageData, basic_augment, load_data, normalize
+from autotrick.diagnose import check_model, count_activations
+from autotrick.errors import TrickNote
 from autotrick.models import build_model
 from autotrick.params import Value
 from autotrick.records import SUCCESSFUL
@@ -51,9 +60,10 @@ class EpochReport:
     images_per_s: float
     setup_seconds: float = 0.0  # the trial's set-up before its first epoch: data, model, tricks
     outcome: str | None = None  # set on the trial's last report only
+    warning: str = ""  # the model check's warning (diagnose.py), on every report
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if k != "outcome"}
+        return {k: v for k, v in asdict(self).items() if k not in ("outcome", "warning")}
 
 
 @dataclass
@@ -67,16 +77,21 @@ class TrialResult:
     sparsity: float | None = None
     nonzero_params: int | None = None
     train_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the model-side tricks did (TrickNote)
+    warning: str = ""  # the model check's one line when the tricks damaged the model
 
 
 Report = Callable[[EpochReport], None]
+EXAMPLE_IMAGES = 4  # the batch the tricks and the model check see (more than 1: batch norm trains)
 
 
 def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report | None = None, *,
-              on_trained: Callable[[nn.Module], None] | None = None) -> TrialResult:
+              on_trained: Callable[[nn.Module], None] | None = None,
+              on_prepared: Callable[[list[str], str], None] | None = None) -> TrialResult:
     """Train once with `values`; call `report` after each epoch (the last one carries the outcome).
     `on_trained` gets the trained model of a successful run before the last report, which may be the
-    last thing a scheduler lets a trial do."""
+    last thing a scheduler lets a trial do. `on_prepared` gets, before training, one line per thing
+    the model-side tricks said and the model check's warning ("" if none)."""
     started = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -86,20 +101,41 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
     model = build_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels,
                         image_size=data.image_size)
     steps_per_epoch = math.ceil(len(data.train_y) / config.batch_size)
-    example = normalize(data.train_x[:4], data.mean, data.std)  # the model-side tricks watch the model run
+    model, example = model.to(device), normalize(data.train_x[:EXAMPLE_IMAGES], data.mean, data.std)
+    activations = count_activations(model, example)
+    model, notes = _prepare(model, values, example)
     setup = apply_tricks(values, model, num_classes=data.num_classes, steps_per_epoch=steps_per_epoch,
-                         epochs=config.epochs, device=device, seed=config.seed, example=example)
+                         epochs=config.epochs, device=device, seed=config.seed, prepare=False)
+    warning = check_model(setup.model, example, activations_before=activations)
+    if on_prepared is not None:
+        on_prepared(notes, warning)
     channels_last = _is_conv_net(setup.model)  # faster convolutions on CUDA and on the CPU alike
     if channels_last:
         setup.model = setup.model.to(memory_format=torch.channels_last)
     loop = _Loop(setup, data, config, setup_seconds=time.perf_counter() - started, on_trained=on_trained,
-                 channels_last=channels_last)
+                 channels_last=channels_last, warning=warning)
     try:
         result = loop.run(report or (lambda _: None))
     except torch.OutOfMemoryError as exc:
         result = TrialResult("oom", len(loop.history), math.nan, math.nan, loop.history,
                              reason=str(exc).splitlines()[0])
+    result.notes, result.warning = notes, warning
     return result
+
+
+def _prepare(model: nn.Module, values: Mapping[str, Value], example: Tensor) -> tuple[nn.Module, list[str]]:
+    """The model-side tricks, with what they said (TrickNote warnings) collected, not printed;
+    any other warning goes on as it came."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TrickNote)
+        model = prepare_model(model, values, example)
+    notes = []
+    for w in caught:
+        if issubclass(w.category, TrickNote):
+            notes.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model, notes
 
 
 @dataclass
@@ -110,6 +146,7 @@ class _Loop:
     setup_seconds: float = 0.0
     on_trained: Callable[[nn.Module], None] | None = None
     channels_last: bool = False
+    warning: str = ""
     history: list[EpochReport] = field(default_factory=list)
 
     def run(self, report: Report) -> TrialResult:
@@ -166,7 +203,7 @@ class _Loop:
                 loss = setup.loss(setup.model(self._layout(x)), targets)
             if not torch.isfinite(loss):  # one check per step: a diverged run stops at once
                 return EpochReport(epoch, math.nan, math.nan, math.nan, setup.lr,
-                                   time.perf_counter() - started, 0.0, self.setup_seconds)
+                                   time.perf_counter() - started, 0.0, self.setup_seconds, warning=self.warning)
             setup.step(loss)
             total_loss += loss.detach() * len(index)
             seen += len(index)
@@ -174,7 +211,7 @@ class _Loop:
         seconds = time.perf_counter() - started
         val_loss, val_accuracy = self._evaluate()
         return EpochReport(epoch, float(total_loss) / seen, val_loss, val_accuracy, setup.lr, seconds,
-                           seen / seconds, self.setup_seconds)
+                           seen / seconds, self.setup_seconds, warning=self.warning)
 
     @torch.no_grad()
     def _evaluate(self) -> tuple[float, float]:
