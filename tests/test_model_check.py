@@ -15,8 +15,6 @@ from autotrick.diagnose import check_model, count_activations
 from autotrick.space import resolve_values
 from autotrick.trainer import TrainConfig, run_trial
 
-torch.set_num_threads(2)
-
 
 def small_net() -> nn.Sequential:
     torch.manual_seed(0)

@@ -215,7 +215,8 @@ def oracle_layout(module: nn.Module) -> tuple[str, bool]:
     """(layout, per_position) of an original norm, by what torch, torchvision and timm document:
     batch/group/instance norms and every "*2d" norm act on dim 1; other norms with a
     normalized_shape (LayerNorm, RMSNorm, timm's RmsNorm) on the trailing dim, per position."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.modules.instancenorm._InstanceNorm):
+    if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d | nn.SyncBatchNorm | nn.GroupNorm
+                  | nn.InstanceNorm1d | nn.InstanceNorm2d | nn.InstanceNorm3d):
         return "first", False
     if hasattr(module, "normalized_shape"):
         return ("first" if "2d" in type(module).__name__ else "last"), True

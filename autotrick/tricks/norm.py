@@ -82,6 +82,8 @@ _POSITIONS: dict[type[nn.Module], int | None] = {
     nn.BatchNorm1d: None, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3,
     nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3,
 }
+_BATCH_AND_INSTANCE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                       nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 _BATCH: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _INSTANCE: dict[int, type[nn.Module]] = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 _FUSED_CHILDREN = ("drop", "act")  # what a fused norm-activation layer applies after its norm, in order
@@ -187,8 +189,9 @@ def _accepts(module: nn.Module, shape: tuple[int, ...]) -> bool:
 
 
 def _shape_layout(module: nn.Module, channels: int) -> str | None:
-    """"first" or "last" for a norm with a 1-dim normalized_shape whose forward is its own: the
-    layout it accepts, tried on a tensor whose other dims differ from `channels`."""
+    """Where a norm with a 1-dim normalized_shape acts: "last" with torch's own forward; else the
+    one layout it accepts ("first": (N, C, H, W), "last": (N, L, C)), tried on small tensors whose
+    other dims differ from `channels`; None if it takes both or neither."""
     if type(module).forward in (nn.LayerNorm.forward, nn.RMSNorm.forward):
         return "last"
     a, b = _two_sizes(channels)
@@ -208,7 +211,7 @@ def site_of(module: nn.Module) -> Site | None:
         return None
     if isinstance(module, nn.GroupNorm):
         return Site(module.num_channels, "first", 2)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.modules.instancenorm._InstanceNorm):
+    if isinstance(module, _BATCH_AND_INSTANCE):
         positions = next((p for cls, p in _POSITIONS.items() if isinstance(module, cls)), 2)
         return Site(module.num_features, "first", positions)
     if _has_normalized_shape(module):

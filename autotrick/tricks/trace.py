@@ -134,6 +134,8 @@ def _replace(value: Any, swap: dict[int, Tensor]) -> Any:
 
 
 class _Recorder(TorchFunctionMode):
+    """Sees every torch call of the traced pass and adds its outputs to the graph (module docstring)."""
+
     def __init__(self, trace: Trace, marks: dict[int, nn.Module]) -> None:
         super().__init__()
         self.trace = trace
@@ -178,8 +180,9 @@ class _Recorder(TorchFunctionMode):
             self.trace.activations += 1
         result = func(*args, **kwargs)
         outputs = list(tensors_in(result))
-        if (name.endswith("_") and not name.endswith("__")) or name in ("__setitem__", "__iadd__"):
-            outputs += [args[0]] if isinstance(args[0], Tensor) and all(args[0] is not o for o in outputs) else []
+        in_place = (name.endswith("_") and not name.endswith("__")) or name in ("__setitem__", "__iadd__")
+        if in_place and args and isinstance(args[0], Tensor) and all(args[0] is not o for o in outputs):
+            outputs.append(args[0])  # a new value in the same tensor
         if not outputs:
             return result
         mark = self._zero_mark(func, args, kwargs, inputs, nodes)
@@ -199,7 +202,7 @@ class _Recorder(TorchFunctionMode):
         norms.sort(key=lambda m: self.marked_at.get(m, len(self.trace.parents)), reverse=True)
         for norm in norms:
             swap = {id(t): torch.zeros_like(t) for t, n in zip(inputs, nodes, strict=True) if self.mark.get(n) is norm}
-            if isinstance(args[0], Tensor) and id(args[0]) not in swap:
+            if args and isinstance(args[0], Tensor) and id(args[0]) not in swap:
                 swap[id(args[0])] = args[0].clone()  # an in-place op writes into its first argument
             try:
                 again = func(*_replace(args, swap), **{k: _replace(v, swap) for k, v in kwargs.items() if k != "out"})
