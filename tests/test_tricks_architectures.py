@@ -160,34 +160,35 @@ ARCHS: dict[str, Arch] = {
     "tv-efficientnet_v2": Arch(lambda: small_torchvision("efficientnet_v2"), zeroed=3),
     "tv-googlenet": Arch(lambda: build_torchvision("googlenet"), zeroed=0),
     "tv-inception_v3": Arch(lambda: build_torchvision("inception_v3"), 75, 0, (0, 6)),
-    "tv-maxvit": Arch(lambda: small_torchvision("maxvit")),
+    "tv-maxvit": Arch(lambda: small_torchvision("maxvit"), zeroed=9),
     "tv-mnasnet0_5": Arch(lambda: build_torchvision("mnasnet0_5"), zeroed=10),
     "tv-mobilenet_v3_small": Arch(lambda: build_torchvision("mobilenet_v3_small"), zeroed=6),
-    "tv-regnet": Arch(lambda: small_torchvision("regnet")),
+    "tv-regnet": Arch(lambda: small_torchvision("regnet"), zeroed=4),
     "tv-resnet18": Arch(lambda: build_torchvision("resnet18"), zeroed=8),
     "tv-shufflenet_v2_x0_5": Arch(lambda: build_torchvision("shufflenet_v2_x0_5"), zeroed=0),
     "tv-squeezenet1_1": Arch(lambda: build_torchvision("squeezenet1_1"), zeroed=0, damaged=VANISHES),
-    "tv-swin": Arch(lambda: small_torchvision("swin"), damaged=INSTANCE_BEFORE_POOLING),
-    "tv-swin_v2": Arch(lambda: small_torchvision("swin_v2"), damaged=INSTANCE_BEFORE_POOLING),
+    "tv-swin": Arch(lambda: small_torchvision("swin"), zeroed=8, damaged=INSTANCE_BEFORE_POOLING),
+    "tv-swin_v2": Arch(lambda: small_torchvision("swin_v2"), zeroed=8, damaged=INSTANCE_BEFORE_POOLING),
     "tv-vit": Arch(lambda: small_torchvision("vit")),
-    # timm: one model per norm or head design the torchvision ones lack
-    "timm-test_resnet": Arch(lambda: build_timm("test_resnet")),              # BatchNorm2d, functional dropout
-    "timm-test_efficientnet": Arch(lambda: build_timm("test_efficientnet")),  # BatchNormAct2d (fused)
-    "timm-test_efficientnet_gn": Arch(lambda: build_timm("test_efficientnet_gn")),  # GroupNormAct
-    "timm-test_efficientnet_ln": Arch(lambda: build_timm("test_efficientnet_ln")),  # LayerNormAct2d
-    "timm-test_efficientnet_evos": Arch(lambda: build_timm("test_efficientnet_evos")),  # EvoNorm: left alone
-    "timm-regnetx_002": Arch(lambda: build_timm("regnetx_002")),              # ConvNormAct, conv + norm shortcuts
-    "timm-test_convnext": Arch(lambda: build_timm("test_convnext")),          # LayerNorm2d, norm on 1x1 in the head
-    "timm-convnext_atto_rms": Arch(lambda: build_timm("convnext_atto_rms")),  # RmsNorm2d, no torch base class
-    "timm-poolformer_s12": Arch(lambda: build_timm("poolformer_s12"), cases=(0, 2, 3, 6)),  # GroupNorm(1, C)
-    "timm-test_vit": Arch(lambda: build_timm("test_vit")),                    # token LayerNorm, head_drop + head
-    "timm-test_vit4": Arch(lambda: build_timm("test_vit4")),                  # timm RmsNorm on tokens
+    # timm: one model per norm or head design the torchvision ones lack. A ViT reading its class
+    # token zeroes a number of branches that depends on the norm type (see init.py): no count.
+    "timm-test_resnet": Arch(lambda: build_timm("test_resnet"), zeroed=4),  # BatchNorm2d, functional dropout
+    "timm-test_efficientnet": Arch(lambda: build_timm("test_efficientnet"), zeroed=0),  # BatchNormAct2d, no skips
+    "timm-test_efficientnet_gn": Arch(lambda: build_timm("test_efficientnet_gn"), zeroed=0),  # GroupNormAct
+    "timm-test_efficientnet_ln": Arch(lambda: build_timm("test_efficientnet_ln"), zeroed=0),  # LayerNormAct2d
+    "timm-test_efficientnet_evos": Arch(lambda: build_timm("test_efficientnet_evos"), zeroed=0),  # EvoNorm: left
+    "timm-regnetx_002": Arch(lambda: build_timm("regnetx_002"), zeroed=13),  # ConvNormAct, conv + norm shortcuts
+    "timm-test_convnext": Arch(lambda: build_timm("test_convnext"), zeroed=9),  # LayerNorm2d, a norm on 1x1 maps
+    "timm-convnext_atto_rms": Arch(lambda: build_timm("convnext_atto_rms"), zeroed=12),  # RmsNorm2d: no torch base
+    "timm-poolformer_s12": Arch(lambda: build_timm("poolformer_s12"), zeroed=24, cases=(0, 2, 3, 6)),  # GroupNorm1
+    "timm-test_vit": Arch(lambda: build_timm("test_vit")),  # token LayerNorm, head_drop + head
+    "timm-test_vit4": Arch(lambda: build_timm("test_vit4"), zeroed=18),  # timm's RmsNorm on tokens
     "timm-deit_tiny_distilled": Arch(lambda: build_timm("deit_tiny_distilled_patch16_224"), cases=(0, 6)),  # 2 heads
-    "timm-mobilevitv2_050": Arch(lambda: build_timm("mobilevitv2_050"),       # GroupNorm1, blocks without a skip
+    "timm-mobilevitv2_050": Arch(lambda: build_timm("mobilevitv2_050"), zeroed=19,  # GroupNorm1, blocks without skip
                                  damaged=INSTANCE_BEFORE_POOLING | {("none", "kaiming_normal")}, diverges={"none"}),
-    "timm-test_mambaout": Arch(lambda: build_timm("test_mambaout")),          # channels-last maps, ClNormMlp head
-    "timm-levit_128s": Arch(lambda: build_timm("levit_128s"), cases=(0, 3, 6),  # BatchNorm1d on tokens, NormLinear
-                            diverges={"none"}),
+    "timm-test_mambaout": Arch(lambda: build_timm("test_mambaout"), zeroed=6),  # channels-last maps, ClNormMlp head
+    "timm-levit_128s": Arch(lambda: build_timm("levit_128s"), zeroed=20, cases=(0, 3, 6),  # BatchNorm1d on tokens,
+                            diverges={"none"}),                                            # NormLinear heads
     "timm-test_maxvit": Arch(lambda: build_timm("test_maxvit"), diverges={"none"}),  # BatchNormAct2d, LayerNorm2d
 }
 

@@ -21,7 +21,8 @@ both operands of an addition: a block without a skip keeps its norms. A pre-norm
 branch (x + attn(norm(x))) counts: its norm is zeroed when the layers after it have no bias,
 which silences the branch. Last, if the zeroed norms leave the classifier's input the same for
 every image (a ViT reads a class token that only attention brings the image into), the deepest
-are given their weights back until it is not.
+are given their weights back until it is not (unless it was so before: another trick's doing,
+which the trainer's model check reports).
 """
 
 import warnings
@@ -151,12 +152,13 @@ def _zero_closing_norms(model: nn.Module, example: Tensor) -> None:
     its class token, which only attention brings the image into: zeroing every attention branch
     leaves it constant), give the deepest zeroed norm its weight back."""
     norms = closing_norms(model, example)
+    classifiers = final_layers(trace(model, example)) if norms else []
+    reached = bool(norms) and input_reaches_classifier(model, example, classifiers)  # else: no help to give
     weights = [norm.weight.detach().clone() for norm in norms]
     for norm in norms:
         nn.init.zeros_(norm.weight)
-    classifiers = final_layers(trace(model, example)) if norms else []
     restored = 0
-    while restored < len(norms) and not input_reaches_classifier(model, example, classifiers):
+    while reached and restored < len(norms) and not input_reaches_classifier(model, example, classifiers):
         restored += 1
         norms[-restored].weight.copy_(weights[-restored])
     zeroed = norms[:len(norms) - restored]
