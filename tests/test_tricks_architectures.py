@@ -5,22 +5,29 @@ The coverage is split so that the module finishes well inside CI's time on a 2-c
 
 - All 80 torchvision classifiers, built on the meta device (no memory, no arithmetic: vit_h_14
   or regnet_y_128gf cost seconds and gigabytes to build for real), structurally: every norm layer
-  is recognized, each norm type is swapped with every site's new layer fitting what the old one
-  saw in a traced forward pass, a forward pass runs after each swap, and the final classifier is
-  found (`test_structure_on_every_torchvision_model`).
+  is recognized and fits what a traced forward pass shows it, each norm type's new layer for
+  every site takes what the old one saw, the final classifier is found, and one whole swap per
+  model (the type taken in turn) runs a forward pass (`test_structure_on_every_torchvision_model`).
 - One representative of each torchvision family, and one timm model for each norm or head design
-  timm has that the others lack (fused norm + activation layers with BatchNorm, GroupNorm and
-  LayerNorm inside, EvoNorm, channel-first LayerNorm2d, GroupNorm(1, C) as a layer norm,
-  RmsNorm and RmsNorm2d, channels-last token norms, BatchNorm1d on flattened tokens, distilled
-  two-head ViTs, norm-MLP heads, blocks without a skip), built for real at 32x32 (or the
-  model's minimum) and trained two steps on 2 images. Seven cases apply one value of every
+  timm has that the others lack (fused norm + activation layers with BatchNorm, GroupNorm,
+  LayerNorm and RmsNorm inside, EvoNorm, channel-first LayerNorm2d, GroupNorm(1, C) as a layer
+  norm, RmsNorm2d, timm's RmsNorm on tokens, channels-last maps, BatchNorm1d on flattened tokens,
+  distilled two-head ViTs, norm-MLP heads, blocks without a skip), built for real at 32x32 (or
+  the model's minimum) and trained two steps on 2 images. The torchvision representative is the
+  family's smallest builder where a CPU test affords it (resnet18, mobilenet_v3_small,
+  mnasnet0_5, shufflenet_v2_x0_5, squeezenet1_1, googlenet, inception_v3), else the family's own
+  classes at a small width and depth (ConvNeXt, DenseNet, EfficientNet and EfficientNetV2,
+  MaxViT, RegNet, Swin and SwinV2, ViT: their smallest builders take 10-150 s a case here).
+  AlexNet and VGG, whose fixed 4096-wide heads make 57M and 133M parameters, have the structural
+  sweep and the dropout-placement test (tests/test_tricks_model.py); their norms are plain
+  BatchNorm2d in a Sequential, as in many models here. Seven cases apply one value of every
   model-side trick each, as `prepare_model` does, so that together they cover each norm type,
-  each initializer, dropout, pruning, and all of them at once, and assert on each effect:
-  every swapped site computes the reference norm of its own input over the right dimensions,
-  no activation function is lost, the initializer's formula holds, zero_last_norm zeroes only
-  norms that close a residual branch (none in models without skips, one per residual block in
-  those with them), a Dropout with p feeds every final classifier, pruning reaches its ratio,
-  and the model check (diagnose.py) is silent except where the damage is real and expected.
+  each initializer, dropout, pruning, and all of them at once (the heaviest models run two), and
+  assert on each effect: every swapped site computes the reference norm of its own input over
+  the right dimensions, no activation function is lost, the initializer's formula holds,
+  zero_last_norm zeroes one norm per residual block (none in models without skips), a Dropout
+  with p feeds every final classifier, pruning reaches its ratio, and the model check
+  (diagnose.py) is silent except where the damage is real, named in ARCHS.
 """
 
 from __future__ import annotations
@@ -492,3 +499,15 @@ def train_step(model: nn.Module, x: Tensor, optimizer: torch.optim.Optimizer, *,
     loss.backward()
     optimizer.step()
     assert out.shape == (2, 10) and (torch.isfinite(loss) or not finite)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "efficientnet_b0"])
+def test_the_model_check_flags_models_whose_scale_needs_their_norms(name: str) -> None:
+    """Without its norms (and with its own init), the signal vanishes by the classifier: the
+    features are ~1e-11 to 1e-14 for every image, the logits the classifier's bias."""
+    torch.manual_seed(0)
+    model, x = build_torchvision(name), example("tv-googlenet")
+    activations = count_activations(model, x)
+    model = prepare_model(model, {"norm.type": "none"}, x)
+    assert check_model(model, x, activations_before=activations) == \
+        "model check: the features reaching the classifier no longer depend on the input"
