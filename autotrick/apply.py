@@ -55,13 +55,14 @@ def complete(values: Mapping[str, Value]) -> dict[str, Value]:
     return {**defaults(), **values}
 
 
-def prepare_model(model: nn.Module, values: Mapping[str, Value]) -> nn.Module:
+def prepare_model(model: nn.Module, values: Mapping[str, Value], example: Tensor | None = None) -> nn.Module:
     """Model-side tricks, in the order that makes sense: swap norms and set dropout first, so that
-    the initializer also covers the layers they added."""
+    the initializer also covers the layers they added. `example`, a small batch the model takes,
+    lets each trick see the model run once (init.zero_last_norm needs it)."""
     values = complete(values)
-    model = swap_norms(model, **NORM.kwargs(values))
-    model = set_dropout(model, **DROPOUT.kwargs(values))
-    return initialize(model, **INIT.kwargs(values))
+    model = swap_norms(model, example, **NORM.kwargs(values))
+    model = set_dropout(model, example, **DROPOUT.kwargs(values))
+    return initialize(model, example, **INIT.kwargs(values))
 
 
 @dataclass
@@ -141,13 +142,14 @@ class TrainingSetup:
 
 def apply_tricks(values: Mapping[str, Value], model: nn.Module, *, num_classes: int, steps_per_epoch: int,
                  epochs: int, device: str | torch.device = "cpu", seed: int = 0,
-                 prepare: bool = True) -> TrainingSetup:
-    """Apply `values` (missing ones at their defaults) to `model` and build everything else."""
+                 prepare: bool = True, example: Tensor | None = None) -> TrainingSetup:
+    """Apply `values` (missing ones at their defaults) to `model` and build everything else;
+    `example`: a small batch for prepare_model."""
     values = complete(values)
     device = torch.device(device)
+    model = model.to(device)  # first: the example runs where the model will train
     if prepare:
-        model = prepare_model(model, values)
-    model = model.to(device)
+        model = prepare_model(model, values, None if example is None else example.to(device))
     optimizer = build_optimizer(model, **OPTIM.kwargs(values))
     return TrainingSetup(
         model=model,

@@ -82,7 +82,7 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
                f"seed {config.seed}, {config.device}, {plan.describe()}; "
                f"tricks: {_short(changed) or 'none (the baseline)'}")
     started = time.perf_counter()
-    result = run_trial(values, config, lambda r: click.echo(format_epoch(r)))
+    result = run_trial(values, config, lambda r: click.echo(format_epoch(r)), on_prepared=_print_prepared)
     summary = (f"{result.outcome}: val_accuracy {result.val_accuracy:.4f}  val_loss {result.val_loss:.4f}  "
                f"epochs {result.epochs_run}  training {result.train_seconds:.2f}s "
                f"(with setup {time.perf_counter() - started:.2f}s)")
@@ -91,6 +91,14 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
     click.echo(summary + (f"  ({result.reason})" if result.reason else ""))
     if result.outcome.failed:
         raise SystemExit(1)
+
+
+def _print_prepared(notes: list[str], warning: str) -> None:
+    """What the model-side tricks did, and the model check's warning, before the first epoch."""
+    for note in notes:
+        click.echo(f"note: {note}")
+    if warning:
+        click.echo(f"warning: {warning}")
 
 
 def _short(values: Mapping[str, Any]) -> str:
@@ -452,7 +460,7 @@ class _ProgressPrinter:
         metric = f"{record.metric:.4f}" if record.metric is not None else "  -   "
         best = f"{self.best:.4f}" if self.best is not None else "  -   "
         tricks = "baseline (no tricks)" if record.baseline else _short(_changed(record.values))
-        why = f" ({record.reason})" if record.reason and not record.successful else ""
+        why = f" ({record.reason})" if record.reason else ""  # a failure's cause, or the model check's warning
         click.echo(f"trial {self.done:>3}/{self.trials}  #{record.number:<3} {self.metric} {metric}  "
                    f"{record.epochs:>3} ep  {record.outcome:<16} best {best}  {tricks}{why}")
         if self.verbose and record.error:

@@ -13,6 +13,11 @@ class DataError(AutotrickError):
     """A data set that cannot be found or read where the user said it would be."""
 
 
+class TrickNote(UserWarning):
+    """What a trick did to the model other than asked, or where, said in one line (a norm kept
+    where the asked one is undefined, where a Dropout went). The trainer prints each one."""
+
+
 class UserCodeError(ConfigError):
     """The user's own function (a `module:function` model or data set) raised: one line names the
     function and the exception; the exception is kept as `__cause__`, its traceback shown with -v."""

@@ -1,5 +1,5 @@
-"""Models by name: small built-ins, a CIFAR-style ResNet-18, any torchvision classifier, or the
-user's own builder.
+"""Models by name: small built-ins, a CIFAR-style ResNet-18, any torchvision classifier, any timm
+model, or the user's own builder.
 
 Specs for `build_model`:
   mlp, cnn          small built-ins (cnn, the default for digits, trains 15 epochs in ~1.5 s on 2 cores)
@@ -9,6 +9,10 @@ Specs for `build_model`:
                     replaced by one with the same hyperparameters and in_channels inputs. vit_* get
                     image_size and maxvit_t input_size from the data; googlenet and inception_v3
                     are built without auxiliary heads, so every model returns plain logits.
+  timm:NAME         any name in timm.list_models() (timm is optional: pip install 'autotrick[timm]'),
+                    built with pretrained=False (never downloaded), in_chans and num_classes from
+                    the data, and img_size where the model takes one (ViTs, Swin, ...); run once
+                    on one blank image, since timm builds models it cannot run on such images
   module:function   the user's builder, called with num_classes= (and in_channels=, image_size=
   path/file.py:fn   when its signature takes them); it returns an nn.Module
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import nn
 
 from autotrick.entrypoints import (
@@ -37,8 +42,9 @@ from autotrick.entrypoints import (
 from autotrick.errors import ConfigError, first_line
 
 MODELS: tuple[str, ...] = ("mlp", "cnn", "resnet18")
-EXPECTED = ("expected mlp, cnn, resnet18, a torchvision model name (see torchvision.models.list_models()) "
-            f"or {FORMS}")
+TIMM_PREFIX = "timm:"
+EXPECTED = ("expected mlp, cnn, resnet18, a torchvision model name (see torchvision.models.list_models()), "
+            f"timm:NAME (see timm.list_models()) or {FORMS}")
 
 # torchvision builders that size themselves from the input (their kwargs hide it from inspect).
 _SIZE_KWARG = {"vit_": "image_size", "maxvit_": "input_size"}
@@ -58,6 +64,8 @@ def build_model(spec: str, *, num_classes: int, in_channels: int, image_size: tu
         return cnn(num_classes, in_channels)
     if spec == "resnet18":
         return cifar_resnet18(num_classes, in_channels)
+    if spec.startswith(TIMM_PREFIX):
+        return _timm_model(spec.removeprefix(TIMM_PREFIX), num_classes, in_channels, image_size)
     if is_callable_spec(spec):
         return _user_model(spec, num_classes, in_channels, image_size)
     import torchvision.models  # slow to import: only when a torchvision model is asked for
@@ -121,6 +129,32 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int,
     if in_channels != 3:
         _adapt_first_conv(model, name, in_channels)
     return model
+
+
+def _timm_model(name: str, num_classes: int, in_channels: int, image_size: tuple[int, int]) -> nn.Module:
+    try:
+        import timm
+    except ImportError as error:
+        raise ConfigError(f"model 'timm:{name}' needs timm, which is not installed: "
+                          "pip install 'autotrick[timm]'") from error
+    if not timm.is_model(name):
+        raise ConfigError(f"unknown timm model '{name}'; expected a name from timm.list_models()")
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}
+    size = image_size[0] if image_size[0] == image_size[1] else image_size
+    try:
+        try:  # models with a fixed input size (ViTs, Swin, ...) take it; the others refuse the keyword
+            model = timm.create_model(name, img_size=size, **kwargs)
+        except TypeError as error:
+            if "img_size" not in str(error):
+                raise
+            model = timm.create_model(name, **kwargs)
+        with torch.no_grad():  # timm builds anything; what it cannot run shows on the first image
+            model.eval()(torch.zeros(1, in_channels, *image_size))
+        return model.train()
+    except Exception as error:  # e.g. a patch larger than the image, a window that does not divide it
+        message = " ".join(str(error).split())
+        raise ConfigError(f"model 'timm:{name}' cannot be built for {in_channels}x{image_size[0]}x{image_size[1]} "
+                          f"images: {type(error).__name__}: {message}") from error
 
 
 def _adapt_first_conv(model: nn.Module, name: str, in_channels: int) -> None:

@@ -28,7 +28,7 @@ from autotrick.params import Value
 from autotrick.records import SearchResult
 
 if TYPE_CHECKING:
-    from torch import nn
+    from torch import Tensor, nn
 
     from autotrick.apply import TrainingSetup
 
@@ -82,15 +82,17 @@ class Recipe:
         return write_text_atomically(path, self.to_yaml())
 
     def apply(self, model: nn.Module, *, num_classes: int, steps_per_epoch: int, epochs: int | None = None,
-              device: str = "cpu", seed: int | None = None) -> TrainingSetup:
+              device: str = "cpu", seed: int | None = None, example: Tensor | None = None) -> TrainingSetup:
         """Apply the model-side tricks to `model` and build the optimizer, per-step schedule,
         loss, augmentation and pruning step for a training loop: returns an
-        autotrick.apply.TrainingSetup (see examples/own_loop.py)."""
+        autotrick.apply.TrainingSetup (see examples/own_loop.py). `example`, a small batch of
+        inputs, lets the model-side tricks see the model run once: where the classifier is, what
+        each norm sees; init.zero_last_norm needs it."""
         from autotrick.apply import apply_tricks
 
         return apply_tricks(self.tricks, model, num_classes=num_classes, steps_per_epoch=steps_per_epoch,
                             epochs=epochs or int(self.training.get("epochs", 15)), device=device,
-                            seed=self.training.get("seed", 0) if seed is None else seed)
+                            seed=self.training.get("seed", 0) if seed is None else seed, example=example)
 
 
 def parse_recipe(text: str, source: str) -> Recipe:

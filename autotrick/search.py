@@ -142,7 +142,7 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
 
     def report(epoch: EpochReport) -> None:
         metrics = {**epoch.metrics(), **system.sample(), "outcome": epoch.outcome.value if epoch.outcome else "",
-                   STEP_LRS: [list(pair) for pair in epoch.step_lrs]}
+                   "reason": epoch.warning, STEP_LRS: [list(pair) for pair in epoch.step_lrs]}
         if not math.isfinite(metrics[metric]):
             metrics[metric] = worst  # ASHA compares this number: a NaN would poison its rungs
         tune.report(metrics)
@@ -156,10 +156,12 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
         return
     finally:
         system.close()
-    if result.reason or result.measurements:
-        # What the last epoch's report could not carry: the reason, and what pruning measured.
+    if result.reason or result.warning or result.measurements:
+        # What the last epoch's report could not carry: the reason (and a damaged model's warning),
+        # and what pruning measured.
+        reason = "; ".join(r for r in (result.reason, result.warning) if r)
         tune.report({metric: result.val_accuracy if metric == "val_accuracy" else result.val_loss,
-                     "outcome": result.outcome.value, "reason": result.reason, "epoch": result.epochs_run,
+                     "outcome": result.outcome.value, "reason": reason, "epoch": result.epochs_run,
                      **{f"{_MEASURED}{key}": value for key, value in result.measurements.items()},
                      "final": 1})
 

@@ -6,6 +6,12 @@ held there when the data set fits in memory, streamed by a DataLoader when it do
 The training step never reads a tensor back to the host (no sync per step: the GPU's queue runs
 ahead); the epoch's summed loss is read once at its end, and a non-finite loss in any step makes
 it non-finite, which ends the trial as diverged. Running out of memory ends it as oom (records.Outcome).
+
+The model-side tricks see the model run once on a few training images (where the classifier is,
+what each norm sees), and diagnose.check_model looks at the result on the same images before the
+first epoch: what the tricks said (TrickNote warnings) and the check's one-line warning, if the
+tricks damaged the model, go to `on_prepared`, to the result, and (the warning) to every epoch's
+report, so that a search records it as the trial's reason.
 """
 
 from __future__ import annotations
@@ -13,16 +19,18 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from autotrick.apply import TrainingSetup, apply_tricks
+from autotrick.apply import TrainingSetup, apply_tricks, prepare_model
 from autotrick.augment import basic_augment, normalize
 from autotrick.data import Feed, open_feed
-from autotrick.errors import first_line
+from autotrick.diagnose import check_model, count_activations
+from autotrick.errors import TrickNote, first_line
 from autotrick.models import build_model
 from autotrick.params import Value
 from autotrick.records import Outcome
@@ -54,12 +62,13 @@ class EpochReport:
     images_per_s: float
     setup_seconds: float = 0.0  # the trial's set-up before its first epoch: data, model, tricks
     outcome: Outcome | None = None  # set on the trial's last report only
+    warning: str = ""  # the model check's warning (diagnose.py), on every report
     # (optimizer step counted over the run, lr used by that step): at most _LR_POINTS per epoch, so
     # warmup shows without a point per step of a long epoch
     step_lrs: list[tuple[int, float]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if k not in ("outcome", "step_lrs")}
+        return {k: v for k, v in asdict(self).items() if k not in ("outcome", "warning", "step_lrs")}
 
 
 @dataclass
@@ -74,17 +83,22 @@ class TrialResult:
     reason: str = ""
     measurements: dict[str, float] = field(default_factory=dict)  # e.g. sparsity after pruning
     train_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the model-side tricks did (TrickNote)
+    warning: str = ""  # the model check's one line when the tricks damaged the model
 
 
 Report = Callable[[EpochReport], None]
 _LR_POINTS = 20  # per-step learning rates kept per epoch (a 200-epoch trial: 4,000 points)
+EXAMPLE_IMAGES = 4  # the batch the tricks and the model check see (more than 1: batch norm trains)
 
 
 def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report | None = None, *,
-              on_trained: Callable[[nn.Module], None] | None = None) -> TrialResult:
+              on_trained: Callable[[nn.Module], None] | None = None,
+              on_prepared: Callable[[list[str], str], None] | None = None) -> TrialResult:
     """Train once with `values`; call `report` after each epoch (the last one carries the outcome).
     `on_trained` gets the trained model of a successful run before the last report, which may be the
-    last thing a scheduler lets a trial do."""
+    last thing a scheduler lets a trial do. `on_prepared` gets, before training, one line per thing
+    the model-side tricks said and the model check's warning ("" if none)."""
     started = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -96,19 +110,49 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
     model = build_model(config.model, num_classes=data.size.num_classes, in_channels=data.size.in_channels,
                         image_size=data.size.image_size)
     steps_per_epoch = math.ceil(data.size.train_count / config.batch_size)
+    model, example = model.to(device), _example(data)
+    activations = count_activations(model, example)
+    model, notes = _prepare(model, values, example)
     setup = apply_tricks(values, model, num_classes=data.size.num_classes, steps_per_epoch=steps_per_epoch,
-                         epochs=config.epochs, device=device, seed=config.seed)
+                         epochs=config.epochs, device=device, seed=config.seed, prepare=False)
+    warning = check_model(setup.model, example, activations_before=activations)
+    if on_prepared is not None:
+        on_prepared(notes, warning)
     channels_last = _is_conv_net(setup.model)  # faster convolutions on CUDA and on the CPU alike
     if channels_last:
         setup.model = setup.model.to(memory_format=torch.channels_last)
     loop = _Loop(setup, data, config, setup_seconds=time.perf_counter() - started, on_trained=on_trained,
-                 channels_last=channels_last)
+                 channels_last=channels_last, warning=warning)
     try:
         result = loop.run(report or (lambda _: None))
     except torch.OutOfMemoryError as exc:
         result = TrialResult(Outcome.OOM, len(loop.history), math.nan, math.nan, loop.history,
                              reason=first_line(exc))
+    result.notes, result.warning = notes, warning
     return result
+
+
+def _example(data: Feed) -> Tensor:
+    """The first few training images, normalized: the batch the model-side tricks and the model
+    check run the model on (more than one image: batch norm trains)."""
+    images, _ = next(iter(data.train_batches(torch.arange(min(EXAMPLE_IMAGES, data.size.train_count)),
+                                             EXAMPLE_IMAGES)))
+    return normalize(images, data.mean, data.std)
+
+
+def _prepare(model: nn.Module, values: Mapping[str, Value], example: Tensor) -> tuple[nn.Module, list[str]]:
+    """The model-side tricks, with what they said (TrickNote warnings) collected, not printed;
+    any other warning goes on as it came."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TrickNote)
+        model = prepare_model(model, values, example)
+    notes = []
+    for w in caught:
+        if issubclass(w.category, TrickNote):
+            notes.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model, notes
 
 
 @dataclass
@@ -119,6 +163,7 @@ class _Loop:
     setup_seconds: float = 0.0
     on_trained: Callable[[nn.Module], None] | None = None
     channels_last: bool = False
+    warning: str = ""
     history: list[EpochReport] = field(default_factory=list)
     steps_done: int = 0  # optimizer steps so far: the x axis of the per-step learning rate
 
@@ -175,10 +220,10 @@ class _Loop:
         train_loss = float(total_loss) / seen  # the epoch's one read-back: non-finite if any step's loss was
         if not math.isfinite(train_loss):  # diverged: the epoch is discarded, no evaluation of a NaN model
             return EpochReport(epoch, math.nan, math.nan, math.nan, setup.lr, seconds, 0.0, self.setup_seconds,
-                               step_lrs=self._thinned(lrs))
+                               warning=self.warning, step_lrs=self._thinned(lrs))
         val_loss, val_accuracy = self._evaluate()
         return EpochReport(epoch, train_loss, val_loss, val_accuracy, setup.lr, seconds, seen / seconds,
-                           self.setup_seconds, step_lrs=self._thinned(lrs))
+                           self.setup_seconds, warning=self.warning, step_lrs=self._thinned(lrs))
 
     def _thinned(self, lrs: list[float]) -> list[tuple[int, float]]:
         """This epoch's per-step learning rates, numbered over the run, evenly thinned to _LR_POINTS."""

@@ -62,7 +62,8 @@ def main() -> None:
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     train_idx, val_idx = order[:1437], order[1437:]
 
-    setup = recipe.apply(MyNet(), num_classes=10, steps_per_epoch=23, epochs=epochs)
+    example = images[train_idx[:4]].float() / 255.0  # the model-side tricks watch the model run on these
+    setup = recipe.apply(MyNet(), num_classes=10, steps_per_epoch=23, epochs=epochs, example=example)
     train_loader = DataLoader(Digits(images[train_idx], labels[train_idx]), batch_size=64, shuffle=True)
     assert len(train_loader) == 23
 

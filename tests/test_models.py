@@ -171,3 +171,37 @@ def test_unknown_model_lists_the_alternatives() -> None:
     message = str(error.value)
     assert message.startswith("unknown model 'resnet19'; expected mlp, cnn, resnet18, a torchvision model")
     assert "module:function" in message and "path/file.py:function" in message and "\n" not in message
+
+
+# --- timm (an optional extra; in the test extra, so CI runs these) --------------------------------
+
+
+def test_timm_model_by_name_takes_the_datas_channels_and_size() -> None:
+    pytest.importorskip("timm")
+    model = build_model("timm:test_vit", num_classes=10, in_channels=1, image_size=(32, 32))
+    assert model.patch_embed.proj.in_channels == 1  # in_chans from the data; img_size too: 32 is not its 160
+    assert forward(model, {"in_channels": 1, "image_size": (32, 32)}).shape == (2, 10)
+    conv_net = build_model("timm:test_resnet", **DIGITS)  # a model without img_size builds without it
+    assert forward(conv_net, DIGITS).shape == (2, 10)
+
+
+def test_unknown_timm_model_is_one_line() -> None:
+    pytest.importorskip("timm")
+    with pytest.raises(ConfigError) as error:
+        build_model("timm:resnet19x", **DIGITS)
+    assert str(error.value) == "unknown timm model 'resnet19x'; expected a name from timm.list_models()"
+
+
+def test_timm_not_installed_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "timm", None)  # what `import timm` finds without it
+    with pytest.raises(ConfigError) as error:
+        build_model("timm:resnet18", **DIGITS)
+    assert "pip install 'autotrick[timm]'" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_timm_model_that_cannot_take_the_images_is_one_line() -> None:
+    pytest.importorskip("timm")
+    with pytest.raises(ConfigError) as error:
+        build_model("timm:test_vit", **DIGITS)  # its 16-pixel patches do not fit an 8x8 image
+    assert str(error.value).startswith("model 'timm:test_vit' cannot be built for 1x8x8 images: ")
+    assert "\n" not in str(error.value)

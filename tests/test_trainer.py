@@ -128,9 +128,7 @@ STEP_TRICKS = {"smoothing.eps": 0.1, "clip.max_norm": 1.0, "optim.l1": 1e-5, "op
 @pytest.mark.parametrize("data", ["digits", "stream"])
 def test_the_step_reads_nothing_back_from_the_device(data: str, tmp_path: Path) -> None:
     """An epoch at batch 128 and one at batch 32 (digits: 12 steps and 45) read tensors back the
-    same number of times: per epoch
-    (the summed loss, the evaluation; streamed, the epoch's order as indices and the loader's
-    seed for its workers), never per step."""
+    same number of times: per trial and per epoch, never per step."""
     config = TrainConfig(epochs=1, threads=1)
     if data == "stream":
         root = tmp_path / "pngs"
@@ -148,7 +146,10 @@ def test_the_step_reads_nothing_back_from_the_device(data: str, tmp_path: Path) 
             result = run_trial(values, replace(config, batch_size=batch_size))
         assert result.outcome == "finished"
         reads[batch_size] = mode.calls
-    assert reads[32] == reads[128] and len(reads[32]) <= 5, reads
+    # The same reads at 12 steps as at 45: none per step. Per trial: the one-batch model check
+    # before the first epoch (diagnose.check_model: whether the output depends on the input, and so
+    # on) and the epoch's (the summed loss, the evaluation; streamed, the order and a worker seed).
+    assert reads[32] == reads[128] and len(reads[32]) <= 12, reads
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

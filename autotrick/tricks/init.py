@@ -6,14 +6,34 @@ orthogonal:      W, flattened to (out, fan_in), has orthonormal rows (W W^T = I)
                  else orthonormal columns (W^T W = I).
 trunc_normal:    N(0, std^2) cut at ±2 std (the kept values' own std is 0.88 std).
 gain is 1 except for kaiming. These apply to every conv (transposed too) and linear weight;
-biases are zeroed and norm weights set to 1; `zero_last_norm` zeroes the last norm's weight in
-each residual block so every block starts as the identity (Goyal et al., 2017).
+biases are zeroed and norm weights set to 1.
+
+zero_last_norm (Goyal et al., 2017): gamma = 0 in the norm that closes each residual branch, so
+that y = x + branch(x) starts as y = x. Which norm that is comes from the model's structure, not
+from class names: one traced forward pass on an example batch (see trace.py) finds every
+addition a + b where operand a is exactly 0 once some norm's weight is 0 (its output reaches the
+addition through layer scales, drop paths, activations with f(0) = 0, bias-free layers), and b,
+the skip, does not depend on the norm's output and is either the branch's own input (an
+identity shortcut) or a shorter path from it that ends in a norm too (a projection shortcut,
+conv + norm; two equal paths, like a distilled ViT's two heads, are no residual). The norm
+nearest the addition is zeroed. A norm is never zeroed if zeroing it would also zero a skip, or
+both operands of an addition: a block without a skip keeps its norms. A pre-norm transformer
+branch (x + attn(norm(x))) counts: its norm is zeroed when the layers after it have no bias,
+which silences the branch. Last, if the zeroed norms leave the classifier's input the same for
+every image (a ViT reads a class token that only attention brings the image into), the deepest
+are given their weights back until it is not (unless it was so before: another trick's doing,
+which the trainer's model check reports).
 """
 
+import warnings
+
+import torch
 from torch import Tensor, nn
 
+from autotrick.errors import ConfigError, TrickNote
 from autotrick.params import Param, Trick, When
-from autotrick.tricks.norm import NORM_LAYERS, LastDimNorm
+from autotrick.tricks.norm import is_norm
+from autotrick.tricks.trace import Trace, final_layers, input_reaches_classifier, trace
 
 SCHEMES = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
            "orthogonal", "trunc_normal")
@@ -39,8 +59,6 @@ WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
 )
 _LEAKY_SLOPE = 0.01  # kaiming's `a`; torch ignores it for relu
-# The norm closing the residual branch of torchvision's ResNet blocks.
-_RESIDUAL_NORM = {"BasicBlock": "bn2", "Bottleneck": "bn3"}
 
 
 def _init_weight(weight: Tensor, scheme: str, mode: str, nonlinearity: str, std: float) -> None:
@@ -67,47 +85,90 @@ def _fill(param: Tensor | None, value: float) -> None:
         nn.init.constant_(param, value)
 
 
-def _as_norm(module: nn.Module) -> nn.Module | None:
-    """`module` if it is a norm layer (or wraps one, after a norm swap), else None."""
-    if isinstance(module, LastDimNorm):
-        module = module.norm
-    return module if isinstance(module, NORM_LAYERS) else None
+def _closes_branch(record: Trace, norm: nn.Module, node: int, skip: int, skip_norm: nn.Module | None) -> bool:
+    """Whether `norm`, whose zero makes `node` zero, closes a residual branch that `skip` is the
+    shortcut of: `skip` is the branch's own input (an identity shortcut), or a shorter path from
+    it that ends in another norm (a projection shortcut, conv + norm); and zeroing `norm` leaves
+    `skip` as it is. Two equal paths (a distilled ViT's two heads) are no branch and shortcut."""
+    calls = record.calls_of(norm)
+    skip_ancestors = record.ancestors(skip)
+    if any(out in skip_ancestors for call in calls for out in call.outputs):
+        return False
+    branch_input = set().union(*(record.ancestors(call.inputs[0]) for call in calls if call.inputs))
+    if skip in branch_input:
+        return True
+    if skip_norm is None or not skip_ancestors & branch_input:
+        return False
+    mine = record.ancestors(node)
+    return len(mine - skip_ancestors) > len(skip_ancestors - mine)
 
 
-def _last_norm(block: nn.Module) -> nn.Module | None:
-    """The norm closing a residual block: ResNet's bn2/bn3; for another class named *Block* or
-    *Bottleneck*, its last norm child registered. None for any other module.
+def closing_norms(model: nn.Module, example: Tensor) -> list[nn.Module]:
+    """The norm that closes each residual branch of `model` (module docstring), in model order."""
+    norms = tuple(m for m in model.modules() if is_norm(m) and isinstance(getattr(m, "weight", None), Tensor))
+    record = trace(model, example, zero_sources=norms)
+    closing: set[nn.Module] = set()
+    never: set[nn.Module] = set()  # norms whose zero would also zero a skip
+    for addition in record.additions:
+        (a, b), (norm_a, norm_b) = addition.operands, addition.zeroed_by
+        if norm_a is norm_b:  # both operands, or neither, vanish with the same norm
+            if norm_a is not None:
+                never.add(norm_a)
+            continue
+        chosen = next((norm for norm, node, skip, skip_norm in ((norm_a, a, b, norm_b), (norm_b, b, a, norm_a))
+                       if norm is not None and _closes_branch(record, norm, node, skip, skip_norm)), None)
+        if chosen is not None:
+            closing.add(chosen)
+        never.update(n for n in (norm_a, norm_b) if n is not None and n is not chosen)
+    return [m for m in norms if m in closing and m not in never]
 
-    In a pre-norm transformer block (ViT's EncoderBlock) that is the norm before the MLP: zeroed,
-    it silences the MLP branch (exactly when the MLP biases are 0), not the attention one.
-    """
-    # By name: importing torchvision to check the class would cost every process ~2 s.
-    name = _RESIDUAL_NORM.get(type(block).__name__) if type(block).__module__ == "torchvision.models.resnet" else None
-    if name is not None:
-        return _as_norm(getattr(block, name))
-    if not any(word in type(block).__name__ for word in ("Block", "Bottleneck")):
-        return None
-    norms = [norm for child in block.children() if (norm := _as_norm(child)) is not None]
-    return norms[-1] if norms else None
 
-
-def initialize(model: nn.Module, *, scheme: str, mode: str = "fan_in", nonlinearity: str = "relu",
-               std: float = 0.02, zero_last_norm: bool = False) -> nn.Module:
+def initialize(model: nn.Module, example: Tensor | None = None, *, scheme: str, mode: str = "fan_in",
+               nonlinearity: str = "relu", std: float = 0.02, zero_last_norm: bool = False) -> nn.Module:
     """Re-initialize `model` in place with `scheme` (see the module docstring) and return it.
 
-    "default" keeps every weight as the model made it; `zero_last_norm` applies either way.
+    "default" keeps every weight as the model made it; `zero_last_norm` applies either way, after
+    the scheme, and needs `example`, a batch the model takes (one forward pass finds the branches).
     """
     if scheme != "default":
         for module in model.modules():
             if isinstance(module, WEIGHT_LAYERS):
                 _init_weight(module.weight, scheme, mode, nonlinearity, std)
                 _fill(module.bias, 0.0)
-            elif isinstance(module, NORM_LAYERS):
-                _fill(module.weight, 1.0)
-                _fill(module.bias, 0.0)
+            elif is_norm(module):
+                _fill(getattr(module, "weight", None), 1.0)
+                _fill(getattr(module, "bias", None), 0.0)
     if zero_last_norm:
-        for block in model.modules():
-            norm = _last_norm(block)
-            if norm is not None and norm.weight is not None:
-                nn.init.zeros_(norm.weight)
+        if example is None:
+            raise ConfigError("init.zero_last_norm finds each residual branch in one forward pass: "
+                              "give an example batch (apply(..., example=x))")
+        _zero_closing_norms(model, example)
     return model
+
+
+@torch.no_grad()
+def _zero_closing_norms(model: nn.Module, example: Tensor) -> None:
+    """Zero the closing norms; then, while the output no longer depends on the input (a ViT reads
+    its class token, which only attention brings the image into: zeroing every attention branch
+    leaves it constant), give the deepest zeroed norm its weight back."""
+    norms = closing_norms(model, example)
+    classifiers = final_layers(trace(model, example)) if norms else []
+    reached = bool(norms) and input_reaches_classifier(model, example, classifiers)  # else: no help to give
+    weights = [norm.weight.detach().clone() for norm in norms]
+    for norm in norms:
+        nn.init.zeros_(norm.weight)
+    restored = 0
+    while reached and restored < len(norms) and not input_reaches_classifier(model, example, classifiers):
+        restored += 1
+        norms[-restored].weight.copy_(weights[-restored])
+    zeroed = norms[:len(norms) - restored]
+    names = {module: name for name, module in model.named_modules()}
+    if zeroed:
+        shown = ", ".join(names[n] or "(the model)" for n in zeroed[:3]) + (" ..." if len(zeroed) > 3 else "")
+        message = f"init.zero_last_norm: zeroed the norm closing {len(zeroed)} residual branches: {shown}"
+    else:
+        message = "init.zero_last_norm: no residual branch ends in a norm here; nothing zeroed"
+    if restored:
+        message += (f"; left the last {restored} as they were: with them zeroed, the output no longer "
+                    "depended on the input")
+    warnings.warn(message, TrickNote, stacklevel=3)

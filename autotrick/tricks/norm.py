@@ -1,70 +1,98 @@
-"""Normalization layer swap: replace every BatchNorm/GroupNorm/LayerNorm/InstanceNorm, in place,
-anywhere in any nn.Module (torchvision models included), for 1d and 2d norms.
+"""Normalization layer swap: replace every norm layer, in place, anywhere in any nn.Module
+(torchvision and timm models included), by the norm a recipe asks for.
 
-Every type computes y = (x - mean) / sqrt(var + eps) * gamma + beta (gamma, beta per channel);
-they differ in what mean and var are taken over, for an (N, C, *spatial) input:
-batch:    N and spatial, per channel (running averages at eval): BatchNorm1d/2d/3d(C).
-group:    C/G channels and spatial, per sample: GroupNorm(G, C); G must divide C, else the
+Every type computes y = (x - mean) / sqrt(var + eps) * gamma + beta (gamma, beta per channel).
+Seen as (N, C, *positions) (a channels-last input (N, *positions, C) is read that way too), they
+differ in what mean and var are taken over:
+batch:    N and the positions, per channel (running averages at eval): BatchNorm1d/2d/3d(C); on
+          channels-last input, BatchNorm1d over (N, C, P).
+group:    C/G channels and the positions, per sample: GroupNorm(G, C); G must divide C, else the
           largest divisor of C below it.
-layer:    C and spatial, per sample, i.e. over channels: GroupNorm(1, C) for conv feature maps,
-          LayerNorm(C) for vectors. A LayerNorm keeps its normalized_shape; a BatchNorm1d takes
-          GroupNorm(1, C), which is LayerNorm(C) on (N, C) and also accepts (N, C, L).
-instance: spatial, per sample and channel: InstanceNorm1d/2d/3d(C, affine=True).
-none:     y = x (nn.Identity).
+layer:    a per-position norm (LayerNorm, RMSNorm, ConvNeXt's channel-first LayerNorm2d) becomes
+          LayerNorm over the same channels at each position; any other norm of a map becomes
+          GroupNorm(1, C), the layer norm of conv nets (over C and the positions, per sample);
+          of (N, C) vectors, LayerNorm(C).
+instance: the positions, per sample and channel: InstanceNorm1d/2d/3d(C, affine=True). Undefined
+          where a norm sees a single position, (N, C) vectors or a 1x1 map after pooling: the
+          original norm stays there, and the swap says so.
+none:     y = x (NoNorm: nn.Identity, returning a copy: see the class).
 
-A norm acts on dim 1 of (N, C, *spatial) (BatchNorm, GroupNorm, InstanceNorm, torchvision's
-LayerNorm2d) or on the last dim(s) of (..., C) (LayerNorm: vectors, ViT tokens, ConvNeXt's
-channels-last maps). A last-dim norm becomes batch or group by normalizing the rows of
-x.reshape(-1, C): tokens and pixels count as samples.
+What the swap recognizes, by structure rather than by name (see RECOGNIZED):
+- torch's BatchNorm*/SyncBatchNorm, GroupNorm, InstanceNorm*, LayerNorm, RMSNorm and their
+  subclasses: torchvision's LayerNorm2d, timm's GroupNorm1, LayerNorm2d, and timm's fused
+  norm + activation layers (BatchNormAct2d, GroupNormAct, LayerNormAct2d, ...), which hold the
+  activation (`act`) and a drop layer (`drop`) as children: those are kept after the new norm;
+- norms that subclass nothing of torch's: anything with `normalized_shape` and `eps` (timm's
+  RmsNorm, RmsNorm2d, SimpleNorm and their Act and Fp32 variants), and frozen batch norms
+  (running_mean and running_var buffers and `eps`: torchvision's and timm's FrozenBatchNorm2d).
+A norm with a `normalized_shape` acts on the trailing dims (LayerNorm) or on dim 1 of
+(N, C, H, W) (LayerNorm2d, RmsNorm2d): torch's own forward says the first; otherwise the layer
+is called once on a small channels-first and a small channels-last tensor to see which it takes.
 
-instance falls back to layer where a norm may see (N, C) vectors (a LayerNorm, a BatchNorm1d): a
-vector has no positions to normalize a channel over (y would be beta), and a swap cannot tell
-vectors from tokens. It also needs more than one position at run time: torch raises for a 1x1 map
-(ConvNeXt's head after pooling; a stride-32 CNN's last stage on 32x32 images).
-GroupNorm and SyncBatchNorm carry no rank; they are taken to see 2d maps.
+With an example batch (the trainer always gives one), one traced forward pass (see trace.py)
+says what each norm really sees: its rank, (N, C) vectors or tokens, a 1x1 map. Without one,
+GroupNorm and SyncBatchNorm are taken to see 2d maps, and instance keeps every norm that may see
+vectors (BatchNorm1d, and the trailing-dim norms).
+
+A norm module shared by several blocks is replaced by one new module, still shared. Layers that
+look like norms but are none of the above (EvoNorm, FilterResponseNorm, GlobalResponseNorm,
+LocalResponseNorm) are left as they are, and the swap says so. What the swap could not do as
+asked is said in one line each, as a TrickNote warning (the trainer prints them).
 """
 
+from __future__ import annotations
+
 import math
-import sys
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from itertools import chain
 
+import torch
 from torch import Tensor, nn
 
+from autotrick.errors import TrickNote
 from autotrick.params import Param, Trick, When
 
 NORM_TYPES = ("keep", "batch", "group", "layer", "instance", "none")
+RECOGNIZED = ("BatchNorm1d/2d/3d, SyncBatchNorm, GroupNorm, InstanceNorm1d/2d/3d, LayerNorm, RMSNorm and "
+              "their subclasses (torchvision LayerNorm2d; timm LayerNorm2d, GroupNorm1 and the fused "
+              "norm-activation layers BatchNormAct2d, GroupNormAct, LayerNormAct2d, ..., whose activation "
+              "is kept), timm RmsNorm/RmsNorm2d/SimpleNorm, frozen batch norms")
 
 NORM = Trick(
     name="norm",
     summary="swap every norm layer: batch | group (G groups) | layer | instance | none",
     params=(
-        Param("type", "choice", "keep", "norm layer to use everywhere; keep leaves the model's own",
-              choices=NORM_TYPES),
+        Param("type", "choice", "keep",
+              f"norm layer to use everywhere; keep leaves the model's own. Swaps {RECOGNIZED}", choices=NORM_TYPES),
         Param("groups", "choice", 8,
               "GroupNorm groups (largest divisor of the channels if it does not divide)",
               choices=(1, 2, 4, 8, 16, 32), when=When("type", ("group",))),
     ),
 )
 
-# The layers a swap replaces (LayerNorm2d is a LayerNorm).
+# torch's norm layers; a subclass of one of them is a norm too.
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm,
     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
 )
-# Spatial dims after C; 0 for a norm that may also see (N, C) vectors. Unlisted norms: 2.
-_SPATIAL_DIMS: dict[type[nn.Module], int] = {
-    nn.BatchNorm1d: 0, nn.InstanceNorm1d: 1, nn.BatchNorm3d: 3, nn.InstanceNorm3d: 3,
+# Positions after C that each channel-first class implies; None: it may see (N, C) vectors or
+# (N, C, L); GroupNorm and SyncBatchNorm carry no rank.
+_POSITIONS: dict[type[nn.Module], int | None] = {
+    nn.BatchNorm1d: None, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3,
+    nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3,
 }
-_BATCH: dict[int, type[nn.Module]] = {
-    0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d,
-}
+_BATCH_AND_INSTANCE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                       nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_BATCH: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _INSTANCE: dict[int, type[nn.Module]] = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+_FUSED_CHILDREN = ("drop", "act")  # what a fused norm-activation layer applies after its norm, in order
+_DEFAULT_EPS = 1e-5
 
 
-class LastDimNorm(nn.Module):
-    """A channel-first norm (BatchNorm1d, GroupNorm) applied over the last dim(s) of x: on the rows
-    of x.reshape(-1, features), so that every token or pixel is a row."""
+class ChannelsLastNorm(nn.Module):
+    """A channel-first norm applied to channels-last input (N, *positions, features), read as
+    (N, features, P) with the positions flattened: tokens and pixels are the positions."""
 
     def __init__(self, norm: nn.Module, features: int) -> None:
         super().__init__()
@@ -72,39 +100,152 @@ class LastDimNorm(nn.Module):
         self.features = features
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.reshape(-1, self.features)).reshape(x.shape)
+        rows = x.reshape(x.shape[0], -1, self.features).transpose(1, 2)
+        return self.norm(rows).transpose(1, 2).reshape(x.shape)
+
+
+class ChannelsFirstNorm(nn.Module):
+    """A trailing-dim norm (LayerNorm(C)) applied to the channels of (N, C, *positions)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class NoNorm(nn.Identity):
+    """y = x, as a new tensor: a norm never returns its input, and a model may change a norm's output
+    in place (an in-place activation) while it still holds the input (a skip connection)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.clone()
+
+
+class NormAct(nn.Module):
+    """A new norm followed by what a fused norm-activation layer applied after its own: act(drop(norm(x)))."""
+
+    def __init__(self, norm: nn.Module, drop: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.norm, self.drop, self.act = norm, drop, act
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.drop(self.norm(x)))
 
 
 @dataclass(frozen=True)
-class _Site:
-    """Where a norm acts: on `channels` at dim 1 followed by `spatial` dims, or, when `last_dims`
-    is set, on the trailing `last_dims` of x (then `channels` is their product)."""
+class Site:
+    """Where a norm acts: on `channels` at dim 1 of (N, C, *positions) ("first"), or on its
+    trailing `last_dims` ("last"; `channels` is their product). `positions`: how many position
+    dims it sees (None: unknown). `per_position`: it normalizes each position over its channels
+    (LayerNorm, RMSNorm). `single`: the example showed it a single position (vectors, 1x1 map)."""
 
     channels: int
-    spatial: int = 2
-    last_dims: tuple[int, ...] | None = None
+    layout: str
+    positions: int | None
+    per_position: bool = False
+    last_dims: tuple[int, ...] = ()
+    single: bool = False
 
 
-def _is_layer_norm_2d(module: nn.Module) -> bool:
-    """torchvision's ConvNeXt LayerNorm2d; a model can only hold one if torchvision is imported,
-    so this never imports it (that would cost every process ~2 s)."""
-    convnext = sys.modules.get("torchvision.models.convnext")
-    return convnext is not None and isinstance(module, convnext.LayerNorm2d)
+def is_norm(module: nn.Module) -> bool:
+    """Whether `module` is a norm layer the swap recognizes (module docstring)."""
+    return (isinstance(module, NORM_LAYERS) or _has_normalized_shape(module) or _is_frozen_batch_norm(module)) \
+        and _extras(module) is not None
 
 
-def _site(module: nn.Module) -> _Site | None:
-    """Where `module` normalizes; None if it is not a norm layer."""
-    if _is_layer_norm_2d(module):  # a LayerNorm over the channels of (N, C, H, W)
-        return _Site(module.normalized_shape[0])
-    if isinstance(module, nn.LayerNorm):
-        shape = tuple(module.normalized_shape)
-        return _Site(math.prod(shape), spatial=0, last_dims=shape)
+def _has_normalized_shape(module: nn.Module) -> bool:
+    shape = getattr(module, "normalized_shape", None)
+    return isinstance(shape, tuple | list | torch.Size) and hasattr(module, "eps")
+
+
+def _is_frozen_batch_norm(module: nn.Module) -> bool:
+    buffers = dict(module.named_buffers(recurse=False))
+    return "running_mean" in buffers and "running_var" in buffers and hasattr(module, "eps")
+
+
+def _extras(module: nn.Module) -> tuple[nn.Module, ...] | None:
+    """The modules a fused norm applies after its norm (drop, act); None if it has other children."""
+    children = dict(module.named_children())
+    if not set(children) <= set(_FUSED_CHILDREN):
+        return None
+    return tuple(children[name] for name in _FUSED_CHILDREN if name in children)
+
+
+def _like(module: nn.Module) -> Tensor | None:
+    return next((t for t in chain(module.parameters(), module.buffers()) if t.is_floating_point()), None)
+
+
+def _accepts(module: nn.Module, shape: tuple[int, ...]) -> bool:
+    like = _like(module)
+    x = torch.randn(shape, device=like.device if like is not None else None,
+                    dtype=like.dtype if like is not None else None)
+    try:
+        with torch.no_grad():
+            return tuple(module(x).shape) == shape
+    except Exception:  # the wrong layout for this norm
+        return False
+
+
+def _shape_layout(module: nn.Module, channels: int) -> str | None:
+    """Where a norm with a 1-dim normalized_shape acts: "last" with torch's own forward; else the
+    one layout it accepts ("first": (N, C, H, W), "last": (N, L, C)), tried on small tensors whose
+    other dims differ from `channels`; None if it takes both or neither."""
+    if type(module).forward in (nn.LayerNorm.forward, nn.RMSNorm.forward):
+        return "last"
+    a, b = _two_sizes(channels)
+    first, last = _accepts(module, (2, channels, a, b)), _accepts(module, (2, a, channels))
+    return "first" if first and not last else "last" if last and not first else None
+
+
+def _two_sizes(channels: int) -> tuple[int, int]:
+    sizes = [s for s in (3, 5, 7) if s != channels]
+    return sizes[0], sizes[1]
+
+
+def site_of(module: nn.Module) -> Site | None:
+    """Where `module` normalizes (from its class and structure); None if it is not a norm the
+    swap recognizes or its layout cannot be told."""
+    if not is_norm(module):
+        return None
     if isinstance(module, nn.GroupNorm):
-        return _Site(module.num_channels)
-    if isinstance(module, NORM_LAYERS):
-        spatial = next((d for cls, d in _SPATIAL_DIMS.items() if isinstance(module, cls)), 2)
-        return _Site(module.num_features, spatial)
-    return None
+        return Site(module.num_channels, "first", 2)
+    if isinstance(module, _BATCH_AND_INSTANCE):
+        positions = next((p for cls, p in _POSITIONS.items() if isinstance(module, cls)), 2)
+        return Site(module.num_features, "first", positions)
+    if _has_normalized_shape(module):
+        shape = tuple(module.normalized_shape)
+        features = math.prod(shape)
+        layout = _shape_layout(module, features) if len(shape) == 1 else "last"
+        if layout is None:
+            return None
+        if layout == "first":
+            return Site(features, "first", 2, per_position=True)
+        return Site(features, "last", None, per_position=True, last_dims=shape)
+    return Site(module.running_mean.numel(), "first", 2)  # a frozen batch norm: (N, C, H, W)
+
+
+def _seen(site: Site, shapes: list[tuple[int, ...]]) -> Site | None:
+    """`site` with what the example showed: its positions and whether it saw a single one; None if
+    an input does not fit the site (the layout was misread)."""
+    positions: set[int] = set()
+    single = False
+    for shape in shapes:
+        if site.layout == "first":
+            if len(shape) < 2 or shape[1] != site.channels:
+                return None
+            spots = shape[2:]
+        else:
+            k = len(site.last_dims)
+            if len(shape) < k + 1 or tuple(shape[-k:]) != site.last_dims:
+                return None
+            spots = shape[1:-k]
+        positions.add(len(spots))
+        single = single or math.prod(spots) == 1
+    if len(positions) != 1:  # called on inputs of different ranks: keep what the class said
+        return replace(site, single=single)
+    return replace(site, positions=positions.pop(), single=single)
 
 
 def num_groups(channels: int, groups: int) -> int:
@@ -112,48 +253,120 @@ def num_groups(channels: int, groups: int) -> int:
     return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
 
 
-def _build(site: _Site, kind: str, groups: int, eps: float) -> nn.Module:
-    """A fresh `kind` norm for `site` (see the module docstring for the choices)."""
-    if kind == "none":
-        return nn.Identity()
-    if site.last_dims is not None and kind in ("layer", "instance"):
-        return nn.LayerNorm(site.last_dims, eps=eps)
+def _build(site: Site, kind: str, groups: int, eps: float) -> nn.Module:
+    """A fresh `kind` norm for `site` (see the module docstring)."""
     c = site.channels
-    if kind == "batch":
-        norm = _BATCH[site.spatial](c, eps=eps)
-    elif kind == "group":
-        norm = nn.GroupNorm(num_groups(c, groups), c, eps=eps)
-    elif kind == "layer" or site.spatial == 0:  # instance has no positions in (N, C): use layer
-        norm = nn.GroupNorm(1, c, eps=eps)
-    else:
-        norm = _INSTANCE[site.spatial](c, eps=eps, affine=True)
-    return norm if site.last_dims is None else LastDimNorm(norm, c)
+    if kind == "none":
+        return NoNorm()
+    if site.layout == "last":
+        if kind == "layer":
+            return nn.LayerNorm(site.last_dims, eps=eps)
+        inner = {"batch": lambda: nn.BatchNorm1d(c, eps=eps),
+                 "group": lambda: nn.GroupNorm(num_groups(c, groups), c, eps=eps),
+                 "instance": lambda: nn.InstanceNorm1d(c, eps=eps, affine=True)}[kind]()
+        return ChannelsLastNorm(inner, c)
+    positions = site.positions
+    if kind == "batch":  # BatchNorm1d takes both (N, C) and (N, C, L)
+        return _BATCH[positions or 1](c, eps=eps)
+    if kind == "group":
+        return nn.GroupNorm(num_groups(c, groups), c, eps=eps)
+    if kind == "layer":
+        return ChannelsFirstNorm(nn.LayerNorm(c, eps=eps)) if site.per_position else nn.GroupNorm(1, c, eps=eps)
+    return _INSTANCE[positions or 2](c, eps=eps, affine=True)
 
 
-def _replacement(module: nn.Module, kind: str, groups: int) -> nn.Module | None:
-    """The `kind` norm to put in `module`'s place, on its device and dtype; None if it is not a norm."""
-    site = _site(module)
-    if site is None:
-        return None
-    new = _build(site, kind, groups, module.eps)
-    like = next((t for t in chain(module.parameters(), module.buffers()) if t.is_floating_point()), None)
-    return new if like is None else new.to(like.device, like.dtype)
+def instance_undefined(site: Site) -> bool:
+    """Instance norm needs more than one position; unknown counts as maybe vectors where the
+    class allows them (BatchNorm1d, trailing-dim norms)."""
+    return site.single or site.positions == 0 or site.positions is None
 
 
-def swap_norms(model: nn.Module, *, type: str, groups: int = 8) -> nn.Module:
+def replacement(module: nn.Module, site: Site, kind: str, groups: int) -> nn.Module:
+    """The `kind` norm to put in `module`'s place, on its device and dtype, with a fused layer's
+    drop and activation after it."""
+    eps = getattr(module, "eps", None)
+    new = _build(site, kind, groups, float(eps) if isinstance(eps, float | int) else _DEFAULT_EPS)
+    like = _like(module)
+    if like is not None:
+        new = new.to(like.device, like.dtype)
+    extras = dict(module.named_children())
+    if extras:
+        new = NormAct(new, extras.get("drop", nn.Identity()), extras.get("act", nn.Identity()))
+    return new
+
+
+def _describe(paths: list[str], limit: int = 3) -> str:
+    shown = ", ".join(p or "(the model)" for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _look_alikes(model: nn.Module) -> list[str]:
+    """Class names of layers that look like norms (a "Norm" in the name and own parameters) but
+    are none the swap recognizes: only ever said, never acted on."""
+    names = {type(m).__name__ for m in model.modules()
+             if "Norm" in type(m).__name__ and not is_norm(m) and any(True for _ in m.parameters(recurse=False))}
+    return sorted(names)
+
+
+def norm_sites(model: nn.Module, example: Tensor | None = None) -> dict[nn.Module, Site | None]:
+    """Every norm layer of `model` the swap recognizes, once each, and where it acts (None: its
+    layout cannot be told, or what the example showed it does not fit); `example`: see swap_norms."""
+    shapes: dict[nn.Module, list[tuple[int, ...]]] = {}
+    if example is not None:
+        from autotrick.tricks.trace import trace
+
+        for call in trace(model, example).calls:
+            if call.input_shapes:
+                shapes.setdefault(call.module, []).append(call.input_shapes[0])
+    sites: dict[nn.Module, Site | None] = {}
+    for module in model.modules():
+        if is_norm(module):
+            site = site_of(module)
+            sites[module] = _seen(site, shapes[module]) if site is not None and module in shapes else site
+    return sites
+
+
+def swap_norms(model: nn.Module, example: Tensor | None = None, *, type: str, groups: int = 8) -> nn.Module:
     """Replace every norm layer of `model`, in place, by a `type` norm (one of NORM_TYPES).
 
-    Returns `model`; or the new layer, when `model` is itself a norm layer.
+    `example`, a batch the model takes, lets one traced forward pass say what each norm sees
+    (module docstring). Returns `model`; or the new layer, when `model` is itself a norm layer.
     """
     if type not in NORM_TYPES:
         raise ValueError(f"unknown norm type {type!r}; expected one of {', '.join(NORM_TYPES)}")
     if type == "keep":
         return model
-    replacement = _replacement(model, type, groups)
-    if replacement is not None:
-        return replacement
-    for name, child in list(model.named_children()):
-        new = swap_norms(child, type=type, groups=groups)
-        if new is not child:
-            setattr(model, name, new)
+    paths: dict[nn.Module, list[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        paths.setdefault(module, []).append(path)
+    new_for: dict[nn.Module, nn.Module] = {}
+    kept_single, unreadable = [], []
+    for module, site in norm_sites(model, example).items():
+        if site is None:
+            unreadable += paths[module]
+        elif type == "instance" and instance_undefined(site):
+            kept_single += paths[module]
+        else:
+            new_for[module] = replacement(module, site, type, groups)
+    _note_kept(type, kept_single, unreadable, _look_alikes(model), example is not None)
+    if model in new_for:
+        return new_for[model]
+    for module, new in new_for.items():
+        for path in paths[module]:  # every place a shared norm is registered gets the same new one
+            parent, _, name = path.rpartition(".")
+            setattr(model.get_submodule(parent), name, new)
     return model
+
+
+def _note_kept(kind: str, single: list[str], unreadable: list[str], look_alikes: list[str], traced: bool) -> None:
+    if single:
+        why = "it sees a single position (vectors or a 1x1 map)" if traced else \
+            "it may see (N, C) vectors (no example batch to tell)"
+        warnings.warn(f"norm.type={kind}: kept the model's own norm at {_describe(single)}: instance norm is "
+                      f"undefined where {why}", TrickNote, stacklevel=3)
+    if unreadable:
+        warnings.warn(f"norm.type={kind}: kept {_describe(unreadable)}: cannot tell which dimension it normalizes",
+                      TrickNote, stacklevel=3)
+    if look_alikes:
+        warnings.warn(f"norm.type={kind}: left {', '.join(look_alikes)} as they are: not norm layers the swap "
+                      "recognizes", TrickNote, stacklevel=3)
