@@ -4,6 +4,7 @@ anywhere in any nn.Module (torchvision models included), for 1d and 2d norms.
 Every type computes y = (x - mean) / sqrt(var + eps) * gamma + beta (gamma, beta per channel);
 they differ in what mean and var are taken over, for an (N, C, *spatial) input:
 batch:    N and spatial, per channel (running averages at eval): BatchNorm1d/2d/3d(C).
+batch_renorm: batch, corrected toward the running statistics (tricks/batch_renorm.py).
 group:    C/G channels and spatial, per sample: GroupNorm(G, C); G must divide C, else the
           largest divisor of C below it.
 layer:    C and spatial, per sample, i.e. over channels: GroupNorm(1, C) for conv feature maps,
@@ -32,12 +33,13 @@ from itertools import chain
 from torch import Tensor, nn
 
 from autotrick.params import Param, Trick, When
+from autotrick.tricks.batch_renorm import BATCH_RENORM
 
-NORM_TYPES = ("keep", "batch", "group", "layer", "instance", "none")
+NORM_TYPES = ("keep", "batch", "group", "layer", "instance", "none", "batch_renorm")
 
 NORM = Trick(
     name="norm",
-    summary="swap every norm layer: batch | group (G groups) | layer | instance | none",
+    summary="swap every norm layer: batch | group (G groups) | layer | instance | none | batch_renorm",
     params=(
         Param("type", "choice", "keep", "norm layer to use everywhere; keep leaves the model's own",
               choices=NORM_TYPES),
@@ -121,6 +123,8 @@ def _build(site: _Site, kind: str, groups: int, eps: float) -> nn.Module:
     c = site.channels
     if kind == "batch":
         norm = _BATCH[site.spatial](c, eps=eps)
+    elif kind == "batch_renorm":
+        norm = BATCH_RENORM[site.spatial](c, eps=eps)
     elif kind == "group":
         norm = nn.GroupNorm(num_groups(c, groups), c, eps=eps)
     elif kind == "layer" or site.spatial == 0:  # instance has no positions in (N, C): use layer
