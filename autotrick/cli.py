@@ -95,6 +95,10 @@ def _train_options(f: Any) -> Any:
     return f
 
 
+_WEIGHTS_HELP = ("start from these weights: a state dict for --model (e.g. torchvision's .pth, a local file), "
+                 "an autotrick checkpoint, models:/NAME@alias or runs:/RUN_ID/model; a new head if the classes differ")
+
+
 @cli.command()
 @_train_options
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="default 15, or the recipe's")
@@ -103,13 +107,15 @@ def _train_options(f: Any) -> Any:
               help="a recipe: file.yaml, runs:/RUN_ID/recipe.yaml or models:/NAME@champion")
 @click.option("--set", "sets", multiple=True, metavar="TRICK.PARAM=VALUE",
               help="set a trick parameter (repeatable; applied over the recipe)")
+@click.option("--weights", default=None, help=_WEIGHTS_HELP)
 def train(model: str | None, data: str | None, data_dir: str | None, seed: int, device: str,
-          epochs: int | None, batch_size: int | None, recipe_ref: str | None, sets: Sequence[str]) -> None:
+          epochs: int | None, batch_size: int | None, recipe_ref: str | None, sets: Sequence[str],
+          weights: str | None) -> None:
     """Train once with the given tricks (all off by default) and print each epoch."""
     from autotrick.commands import run_train
 
     run_train(model=model, data=data, data_dir=data_dir, seed=seed, device=device, epochs=epochs,
-              batch_size=batch_size, recipe_ref=recipe_ref, sets=parse_sets(sets))
+              batch_size=batch_size, recipe_ref=recipe_ref, sets=parse_sets(sets), weights=weights)
 
 
 @cli.command()
@@ -149,6 +155,7 @@ def spaces() -> None:
 @click.option("--tracking-uri", default=None, help="an MLflow tracking URI (default: sqlite:///mlflow.db)")
 @click.option("--register", default=None, metavar="NAME", help="register the best model in MLflow as NAME")
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
+@click.option("--weights", default=None, help=_WEIGHTS_HELP)
 @click.option("--verbose", "-v", is_flag=True, help="show Ray's own tables and logs")
 def search(**options: Any) -> None:
     """Search which tricks pay off: Ray Tune runs the trials, Optuna samples them, ASHA stops poor ones."""

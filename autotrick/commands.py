@@ -26,7 +26,8 @@ def list_tricks() -> None:
         for p in trick.params:
             key, default = f"{trick.name}.{p.name}", "null" if p.default is None else str(p.default)
             when = f"  (when {p.when})" if p.when else ""
-            click.echo(f"  {key:<26} default {default:<9} search {p.search}{when}")
+            search = "given, not searched" if p.kind == "str" else p.search
+            click.echo(f"  {key:<26} default {default:<9} search {search}{when}")
             click.echo(f"  {'':<26} {p.help}")
 
 
@@ -44,7 +45,7 @@ def format_epoch(r: EpochReport) -> str:
 
 def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed: int, device: str,
               epochs: int | None, batch_size: int | None, recipe_ref: str | None,
-              sets: Mapping[str, Any]) -> None:
+              sets: Mapping[str, Any], weights: str | None = None) -> None:
     """Validate everything, then train once and print one line per epoch and a summary."""
     from autotrick.data import load_data
     from autotrick.space import resolve_values
@@ -68,6 +69,12 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
         same_trial = (config.model, config.data) == (settings.get("model"), settings.get("data"))
         config = replace(config, threads=(settings.get("threads") if same_trial else None) or os.cpu_count())
     load_data(config.data, config.data_dir)  # a missing folder fails here, before anything trains
+    weights = weights or settings.get("weights")
+    if weights or values.get("distill.teacher"):
+        spec, weights_file, teachers = resolve_model_files(
+            model=model and config.model, default_model=config.model, data=config.data, data_dir=config.data_dir,
+            weights=weights, teacher=values.get("distill.teacher"), tracking_uri=None)
+        config = replace(config, model=spec, weights=weights_file, teachers=teachers)
     changed = {k: v for k, v in values.items() if k in given}
     click.echo(f"train {config.model} on {config.data}, {config.epochs} epochs, batch {config.batch_size}, "
                f"seed {config.seed}, {config.device}; tricks: {_short(changed) or 'none (the baseline)'}")
@@ -125,10 +132,12 @@ class SearchRequest:
     tracking_uri: str | None = None
     register: str | None = None
     num_cpus: int | None = None  # a local Ray's CPUs (tests and benchmarks pin 2)
+    weights: str | None = None  # the model starts from these: a file, models:/ or runs:/
 
 
 def prepare_search(request: SearchRequest) -> tuple[Any, Path]:
     """Validate every input of a search, before Ray or MLflow start and before anything is written."""
+    from autotrick.params import Fixed
     from autotrick.search import SearchOptions
     from autotrick.space import load_space
 
@@ -161,6 +170,13 @@ def prepare_search(request: SearchRequest) -> tuple[Any, Path]:
     train = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=max_epochs,
                         batch_size=space.batch_size, seed=request.seed,
                         device="cuda" if request.gpus_per_trial > 0 else "cpu")
+    teacher = space.domains.get("distill.teacher")
+    teacher = teacher.value if isinstance(teacher, Fixed) else None  # free text is only ever fixed
+    if request.weights or teacher is not None:
+        spec, weights_file, teachers = resolve_model_files(
+            model=request.model and model, default_model=model, data=data, data_dir=data_dir,
+            weights=request.weights, teacher=teacher, tracking_uri=request.tracking_uri)
+        train = replace(train, model=spec, weights=weights_file, teachers=teachers)
     options = SearchOptions(name=name, space=space, train=train, state_dir=state_dir,
                             cpus_per_trial=request.cpus_per_trial, gpus_per_trial=request.gpus_per_trial,
                             concurrency=request.concurrency, address=request.address,
@@ -168,6 +184,51 @@ def prepare_search(request: SearchRequest) -> tuple[Any, Path]:
                             resume=request.resume, verbose=request.verbose,
                             save_models=request.register is not None)
     return options, output
+
+
+MODELS_DIR = STATE_ROOT / "models"  # MLflow models fetched as checkpoints that trials can read
+
+
+def resolve_model_files(*, model: str | None, default_model: str, data: str, data_dir: str | None,
+                        weights: str | None, teacher: Any, tracking_uri: str | None,
+                        ) -> tuple[str, str | None, tuple[tuple[str, str], ...]]:
+    """--weights and distill.teacher as absolute local files, since trials run in other folders:
+    a file as given, an MLflow model fetched as a checkpoint. Each is loaded here once, so that one
+    that does not fit the model or the data fails now, in one line. Returns the model spec (a
+    checkpoint given as --weights names its own; `model`, if given, must agree), the weights file
+    and the teacher's (reference, file)."""
+    import torch
+
+    from autotrick.checkpoint import build_initial_model, is_mlflow_ref, load_teacher, read_model_file
+    from autotrick.data import load_data
+
+    images = load_data(data, data_dir)
+    shape = (images.in_channels, *images.image_size)
+
+    def local_file(ref: str) -> str:
+        if is_mlflow_ref(ref):
+            from autotrick.tracking import fetch_checkpoint
+
+            return str(fetch_checkpoint(ref, MODELS_DIR.resolve(), input_shape=shape, tracking_uri=tracking_uri))
+        return str(Path(ref).expanduser().resolve())
+
+    spec, weights_file = model or default_model, local_file(weights) if weights else None
+    if weights_file is not None:
+        named = read_model_file(weights_file, "--weights").spec
+        if named is not None and model is not None and named != model:
+            raise ConfigError(f"--weights {weights}: a checkpoint of model '{named}', not --model {model}")
+        spec = named or spec
+        build_initial_model(spec, weights=weights_file, num_classes=images.num_classes,
+                            in_channels=images.in_channels, image_size=images.image_size)
+    teachers: tuple[tuple[str, str], ...] = ()
+    if teacher is not None:
+        teachers = ((str(teacher), local_file(str(teacher))),)
+        with torch.no_grad():
+            outputs = load_teacher(str(teacher), dict(teachers))(torch.zeros(2, *shape)).shape[-1]
+        if outputs != images.num_classes:
+            raise ConfigError(f"distill.teacher {teacher}: the teacher gives {outputs} classes, the data set "
+                              f"'{data}' has {images.num_classes}; expected a teacher trained on the same classes")
+    return spec, weights_file, teachers
 
 
 def check_model_and_data(model: str, data: str, data_dir: str | None) -> None:
@@ -186,7 +247,7 @@ def run_search_command(request: SearchRequest) -> int:
     from autotrick.tracking import SearchTracker
 
     options, output = prepare_search(request)
-    info = options.info(versions())
+    info = replace(options.info(versions()), weights=request.weights)
     tracker = SearchTracker(info, tracking_uri=request.tracking_uri, resume=request.resume)
     progress = _ProgressPrinter(info)
     click.echo(f"search '{info.name}': {options.space.name} space, {info.model} on {info.data}, "
@@ -250,7 +311,7 @@ def _best_model(options: Any, best: TrialRecord | None) -> Any:
     """The best trial's trained weights, saved by its worker, in a model built the same way."""
     import torch
 
-    from autotrick.apply import prepare_model
+    from autotrick.apply import prepare_trained
     from autotrick.data import load_data
     from autotrick.models import build_model
     from autotrick.search import saved_model_path
@@ -261,9 +322,10 @@ def _best_model(options: Any, best: TrialRecord | None) -> Any:
     if not path.exists():
         return None
     images = load_data(options.train.data, options.train.data_dir)
-    model = prepare_model(build_model(options.train.model, num_classes=images.num_classes,
-                                      in_channels=images.in_channels, image_size=images.image_size),
-                          best.values)
+    model = prepare_trained(build_model(options.train.model, num_classes=images.num_classes,
+                                        in_channels=images.in_channels, image_size=images.image_size),
+                            best.values, num_classes=images.num_classes,
+                            example_inputs=torch.zeros(2, images.in_channels, *images.image_size))
     model.load_state_dict(torch.load(path, map_location="cpu"))
     return model.eval()
 

@@ -107,6 +107,7 @@ class SearchInfo:
     device: str
     threads: int = 1                     # torch CPU threads per trial
     versions: dict[str, str] = field(default_factory=dict)
+    weights: str | None = None           # what the model started from (--weights), if not from scratch
 
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "versions"}

@@ -18,11 +18,12 @@ from torch import Tensor, nn
 
 from autotrick.apply import TrainingSetup, apply_tricks
 from autotrick.augment import basic_augment, normalize
+from autotrick.checkpoint import build_initial_model, load_teacher
 from autotrick.data import ImageData, load_data
 from autotrick.errors import first_line
-from autotrick.models import build_model
 from autotrick.params import Value
 from autotrick.records import Outcome
+from autotrick.tricks.pruning import inference_ms
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads; None leaves torch's default
+    weights: str | None = None  # a checkpoint or state dict (absolute path) the model starts from
+    teachers: tuple[tuple[str, str], ...] = ()  # distill.teacher reference -> its local checkpoint
 
 
 @dataclass
@@ -83,11 +86,14 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
     device = torch.device(config.device)
     data = _data_on(config, device)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size)
+    model = build_initial_model(config.model, weights=config.weights, num_classes=data.num_classes,
+                                in_channels=data.in_channels, image_size=data.image_size)
     steps_per_epoch = math.ceil(len(data.train_y) / config.batch_size)
+    teacher = values.get("distill.teacher")
     setup = apply_tricks(values, model, num_classes=data.num_classes, steps_per_epoch=steps_per_epoch,
-                         epochs=config.epochs, device=device, seed=config.seed)
+                         epochs=config.epochs, device=device, seed=config.seed,
+                         teacher=load_teacher(str(teacher), dict(config.teachers), device) if teacher else None,
+                         class_counts=torch.bincount(data.train_y, minlength=data.num_classes))
     channels_last = _is_conv_net(setup.model)  # faster convolutions on CUDA and on the CPU alike
     if channels_last:
         setup.model = setup.model.to(memory_format=torch.channels_last)
@@ -130,7 +136,10 @@ class _Loop:
         """Pruning happens after training: prune, finetune with the mask held, make it permanent."""
         if self.setup.prune_ratio <= 0:
             return self._end(last, outcome, report, started)
-        self.setup.prune()
+        batch = self._layout(normalize(self.data.val_x[:self.config.batch_size], self.data.mean, self.data.std))
+        dense = {"params_dense": sum(p.numel() for p in self.setup.model.parameters()),
+                 "inference_ms_dense": inference_ms(self.setup.model, batch)}
+        self.setup.prune(example_inputs=batch[:2])
         for i in range(self.setup.finetune_epochs):
             last = self._epoch(last.epoch)  # finetune epochs are not new epochs of the budget
             if not math.isfinite(last.train_loss):
@@ -139,14 +148,15 @@ class _Loop:
         sparsity = self.setup.finish_pruning()
         last.val_loss, last.val_accuracy = self._evaluate()
         return self._end(last, outcome, report, started, measurements={
-            "sparsity": sparsity.sparsity, "nonzero_params": sparsity.nonzero_params})
+            "sparsity": sparsity.sparsity, "nonzero_params": sparsity.nonzero_params,
+            "params": sparsity.total_params, "inference_ms": inference_ms(self.setup.model, batch), **dense})
 
     def _end(self, last: EpochReport, outcome: Outcome, report: Report, started: float, *, reason: str = "",
              measurements: dict[str, float] | None = None) -> TrialResult:
         last.outcome = outcome
         self.history.append(last)
         if self.on_trained is not None and outcome.successful:
-            self.on_trained(self.setup.model)
+            self.on_trained(self.setup.export())
         report(last)
         return TrialResult(outcome, last.epoch, last.val_accuracy, last.val_loss, self.history, reason=reason,
                            measurements=measurements or {}, train_seconds=time.perf_counter() - started)
@@ -154,6 +164,7 @@ class _Loop:
     def _epoch(self, epoch: int) -> EpochReport:
         setup, data, device = self.setup, self.data, self.setup.device
         started = time.perf_counter()
+        setup.on_epoch_start(epoch - 1)
         setup.model.train()
         order = torch.randperm(len(data.train_y), generator=setup.generator).to(device)
         total_loss, seen = torch.zeros((), device=device), 0
@@ -163,7 +174,8 @@ class _Loop:
                                             flip=data.flip, generator=setup.generator))
             x, targets = setup.mix(normalize(x, data.mean, data.std), setup.targets(data.train_y[index]))
             with setup.autocast():
-                loss = setup.loss(setup.model(self._layout(x)), targets)
+                x = self._layout(x)
+                loss = setup.loss(setup.model(x), targets, inputs=x)
             if not torch.isfinite(loss):  # one check per step: a diverged run stops at once
                 return EpochReport(epoch, math.nan, math.nan, math.nan, setup.lr,
                                    time.perf_counter() - started, 0.0, self.setup_seconds)
