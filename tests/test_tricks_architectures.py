@@ -2,7 +2,7 @@
 forward and backward, on a batch of 2 images of 32x32 (ViT is built for that size).
 
 Each case applies one value of every model-side trick, in the order training does (norm, dropout,
-init, then pruning after training), so that 7 cases per architecture cover each norm type, each
+init, then pruning after training), so that 8 cases per architecture cover each norm type, each
 init scheme (zero_last_norm on), dropout and pruning, and how they combine.
 """
 
@@ -36,6 +36,7 @@ CASES: list[tuple[str, str, float | None, float]] = [
     ("keep", "orthogonal", None, 0.0),
     ("keep", "trunc_normal", None, 0.5),
     ("instance", "default", None, 0.0),
+    ("batch_renorm", "default", None, 0.0),
 ]
 # ConvNeXt's head normalizes the pooled (N, C, 1, 1) map: instance norm has one position there.
 NOT_APPLICABLE = {("convnext_tiny", "instance")}
