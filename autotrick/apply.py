@@ -4,13 +4,16 @@ registry's flat values ("optim.lr": 0.05, ...) and each trick's own keyword argu
 The built-in trainer uses it, and so does a user's own loop (see examples/own_loop.py):
 
     setup = apply_tricks(values, model, num_classes=10, steps_per_epoch=len(loader), epochs=10, device="cuda")
-    for x, labels in loader:
-        x = setup.augment(x)                                   # the policy, on uint8 images
-        x, targets = setup.mix(normalize(x), setup.targets(labels))
-        with setup.autocast():
-            loss = setup.loss(setup.model(x), targets)
-        setup.step(loss)                                       # backward, clip, optimizer, schedule
-    setup.prune()  ...finetune...  sparsity = setup.finish_pruning()
+    for epoch in range(10):
+        setup.on_epoch_start(epoch)                            # unfreeze, gradual pruning, renorm ramp
+        for x, labels in loader:
+            x = setup.augment(x)                               # the policy, on uint8 images
+            x, targets = setup.mix(normalize(x), setup.targets(labels))
+            with setup.autocast():
+                loss = setup.loss(setup.model(x), targets, inputs=x)   # inputs: for a distillation teacher
+            setup.step(loss)                                   # backward, clip, optimizer, schedule
+    setup.prune(example_inputs=x)  ...finetune...  sparsity = setup.finish_pruning()
+    model = setup.export()                                     # plain weights: reparametrizations folded
 """
 
 from __future__ import annotations
@@ -25,18 +28,33 @@ import torch
 from torch import Tensor, nn
 
 from autotrick.augment.policies import Policy
+from autotrick.errors import ConfigError
 from autotrick.params import Value
 from autotrick.tricks import defaults
 from autotrick.tricks.augment import AUGMENT, policy_transform
+from autotrick.tricks.batch_renorm import renorm_limits, set_renorm_limits
 from autotrick.tricks.clipping import CLIP, clip_gradients
+from autotrick.tricks.distill import DISTILL, as_teacher, distillation_loss
 from autotrick.tricks.dropout import DROPOUT, set_dropout
 from autotrick.tricks.early_stop import EARLY_STOP, EarlyStopper
+from autotrick.tricks.finetune import FINETUNE, backbone_parameters, classifier_name, lr_multipliers, set_frozen
 from autotrick.tricks.init import INIT, initialize
+from autotrick.tricks.loss import LOSS, class_weights, focal_loss
 from autotrick.tricks.mixing import MIX, mix_batch
 from autotrick.tricks.norm import NORM, swap_norms
 from autotrick.tricks.optim import OPTIM, build_optimizer, l1_penalty
 from autotrick.tricks.precision import PRECISION, autocast, grad_scaler, resolve_precision
-from autotrick.tricks.pruning import PRUNE, Sparsity, make_pruning_permanent, measure_sparsity, prune_weights
+from autotrick.tricks.pruning import (
+    PRUNE,
+    Sparsity,
+    gradual_sparsity,
+    keep_pruned,
+    make_pruning_permanent,
+    measure_sparsity,
+    prune_channels,
+    prune_weights,
+)
+from autotrick.tricks.reparam import REPARAM, remove_reparametrizations, reparametrize
 from autotrick.tricks.schedule import SCHEDULE, build_scheduler
 from autotrick.tricks.smoothing import SMOOTHING, soft_cross_entropy, soft_targets
 
@@ -65,6 +83,33 @@ def prepare_model(model: nn.Module, values: Mapping[str, Value], example: Tensor
     return initialize(model, example, **INIT.kwargs(values))
 
 
+def prepare_trained(model: nn.Module, values: Mapping[str, Value], *, num_classes: int,
+                    example_inputs: Tensor) -> nn.Module:
+    """The structure of a model trained with `values`, to load its saved weights into: the
+    model-side tricks, and the channels structured pruning removed (how many depends only on the
+    ratio; `example_inputs`, a batch the model takes, traces which layers read them). The
+    reparametrizations are not there: a trained model is saved in plain form."""
+    values = complete(values)
+    model = prepare_model(model, values)
+    prune = PRUNE.kwargs(values)
+    if prune["ratio"] and prune.get("structured"):
+        prune_channels(model, ratio=float(prune["ratio"]), example_inputs=example_inputs,  # type: ignore[arg-type]
+                       keep=_classifier(model, num_classes))
+    return model
+
+
+def _classifier(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    name = classifier_name(model, num_classes)
+    return [] if name is None else [model.get_submodule(name)]
+
+
+def _optimizer(model: nn.Module, values: Mapping[str, Value], num_classes: int) -> torch.optim.Optimizer:
+    """The optimizer, with the finetune trick's per-layer learning rates where it sets them."""
+    finetune = FINETUNE.kwargs(values)
+    multipliers = lr_multipliers(model, num_classes=num_classes, **finetune)  # type: ignore[arg-type]
+    return build_optimizer(model, lr_multipliers=multipliers, **OPTIM.kwargs(values))  # type: ignore[arg-type]
+
+
 @dataclass
 class TrainingSetup:
     """The tricks applied to one model: call these from any training loop."""
@@ -79,6 +124,10 @@ class TrainingSetup:
     train_transform: Policy | None
     early_stopper: EarlyStopper
     generator: torch.Generator
+    epochs: int = 1                            # the run's length, for the per-epoch tricks
+    steps_per_epoch: int = 1
+    teacher: nn.Module | None = None           # distillation's teacher (eval mode, frozen)
+    class_counts: Tensor | None = None         # training labels per class, for loss.alpha
 
     def __post_init__(self) -> None:
         self._scaler = grad_scaler(self.precision, self.device)
@@ -86,6 +135,19 @@ class TrainingSetup:
         self._smoothing = SMOOTHING.kwargs(self.values)
         self._clip = CLIP.kwargs(self.values)
         self._prune = PRUNE.kwargs(self.values)
+        self._loss = LOSS.kwargs(self.values)
+        self._class_weights: Tensor | None = None
+        if self._loss.get("name") == "focal" and self._loss.get("alpha") is not None:
+            if self.class_counts is None:
+                raise ConfigError("loss.alpha weighs classes by their counts: pass class_counts= (training labels "
+                                  "per class) to apply_tricks")
+            self._class_weights = class_weights(self.class_counts, float(self._loss["alpha"])).to(self.device)  # type: ignore[arg-type]
+        self._distill = DISTILL.kwargs(self.values)
+        self._freeze_epochs = int(FINETUNE.kwargs(self.values)["freeze_epochs"])  # type: ignore[arg-type]
+        self._backbone = backbone_parameters(self.model, self.num_classes) if self._freeze_epochs else []
+        self._sparsity = 0.0  # reached by gradual pruning so far
+        self._kept_zeros: Any = None
+        self.on_epoch_start(0)  # the state of the first epoch: a frozen backbone, renorm held
 
     def targets(self, labels: Tensor) -> Tensor:
         """Soft targets with label smoothing: (1 - eps) * one_hot + eps / K."""
@@ -103,10 +165,58 @@ class TrainingSetup:
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.precision, self.device)
 
-    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Soft cross-entropy plus the L1 penalty l1 * sum |w|."""
-        loss = soft_cross_entropy(logits, targets)
+    def loss(self, logits: Tensor, targets: Tensor, inputs: Tensor | None = None) -> Tensor:
+        """Soft cross-entropy (or focal loss), with distillation from the teacher's logits for the
+        same `inputs` when there is a teacher, plus the L1 penalty l1 * sum |w|."""
+        if self._loss.get("name") == "focal":
+            loss = focal_loss(logits, targets, gamma=float(self._loss["gamma"]),  # type: ignore[arg-type]
+                              alpha=self._class_weights)
+        else:
+            loss = soft_cross_entropy(logits, targets)
+        if self.teacher is not None:
+            if inputs is None:
+                raise ValueError("distill.teacher is set: pass the batch too, setup.loss(logits, targets, inputs=x)")
+            with torch.no_grad():
+                teacher_logits = self.teacher(inputs)
+            loss = distillation_loss(logits, teacher_logits, loss, temperature=float(self._distill["temperature"]),  # type: ignore[arg-type]
+                                     alpha=float(self._distill["alpha"]))  # type: ignore[arg-type]
         return loss + l1_penalty(self.model, self._l1) if self._l1 else loss
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """The per-epoch tricks, at the start of epoch `epoch` (0-based) of `epochs`: the backbone
+        frozen until finetune.freeze_epochs, the gradual pruning step, the batch-renorm ramp."""
+        if self._backbone:
+            set_frozen(self._backbone, epoch < self._freeze_epochs)
+        if self.prune_ratio > 0 and self._prune.get("schedule") == "gradual":
+            sparsity = gradual_sparsity(epoch, epochs=self.epochs, ratio=self.prune_ratio,
+                                        gradual_start=float(self._prune["gradual_start"]),  # type: ignore[arg-type]
+                                        gradual_end=float(self._prune["gradual_end"]))  # type: ignore[arg-type]
+            if sparsity > self._sparsity:  # only ever up: a pruned weight stays pruned
+                self._prune_to(sparsity)
+                self._sparsity = sparsity
+        set_renorm_limits(self.model, *renorm_limits(epoch / max(self.epochs, 1)))
+
+    def _prune_to(self, ratio: float) -> None:
+        """Global magnitude pruning to `ratio` on the plain weights: earlier masks are folded in
+        first (their zeros are the smallest weights, so they stay pruned)."""
+        changed = remove_reparametrizations(self.model)
+        make_pruning_permanent(self.model)
+        prune_weights(self.model, ratio=ratio)
+        if changed:
+            self._rebuild_optimizer()
+
+    def _rebuild_optimizer(self) -> None:
+        """A new optimizer over the model's parameters as they are now (structured pruning and
+        folding weight_norm make new ones), its schedule carried on from the step reached."""
+        if self._backbone:
+            set_frozen(self._backbone, False)  # the new optimizer must hold them
+        step = self.scheduler.last_epoch
+        self.optimizer = _optimizer(self.model, self.values, self.num_classes)
+        self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=self.epochs,
+                                         start_step=step, **SCHEDULE.kwargs(self.values))
+        if self._backbone:
+            self._backbone = backbone_parameters(self.model, self.num_classes)
+            set_frozen(self._backbone, step < self._freeze_epochs * self.steps_per_epoch)
 
     def step(self, loss: Tensor) -> None:
         """Backward, unscale (fp16), clip, optimizer step, per-iteration schedule step."""
@@ -130,27 +240,60 @@ class TrainingSetup:
     def finetune_epochs(self) -> int:
         return int(self._prune.get("finetune_epochs") or 0) if self.prune_ratio > 0 else 0  # type: ignore[arg-type]
 
-    def prune(self) -> None:
-        """Zero the smallest weights globally; the mask holds while finetuning."""
-        prune_weights(self.model, ratio=self.prune_ratio)
+    def prune(self, example_inputs: Tensor | None = None) -> None:
+        """Prune to the ratio after training: zero the smallest weights globally (the mask holds
+        while finetuning), or, structured, remove channels (`example_inputs`: a batch the model
+        takes, to trace which layers read them). Reparametrizations are folded in first."""
+        if not self._prune.get("structured"):
+            self._prune_to(self.prune_ratio)
+            return
+        if example_inputs is None:
+            raise ValueError("prune.structured: pass a batch the model takes, setup.prune(example_inputs=x)")
+        remove_reparametrizations(self.model)
+        prune_channels(self.model, ratio=self.prune_ratio, example_inputs=example_inputs,
+                       keep=_classifier(self.model, self.num_classes))
+        self._rebuild_optimizer()
 
     def finish_pruning(self) -> Sparsity:
-        """Make the pruning permanent and measure what is left."""
+        """Make the pruning permanent and measure what is left. The zeros stay zero through later
+        steps of this setup's optimizer; for another one, call autotrick.keep_pruned(model, it)."""
         make_pruning_permanent(self.model)
+        if self._kept_zeros is None:
+            self._kept_zeros = keep_pruned(self.model, self.optimizer)
         return measure_sparsity(self.model)
+
+    def export(self) -> nn.Module:
+        """The trained model in plain form, what is saved and registered: reparametrizations
+        folded into plain weights (the optimizer follows, should training go on)."""
+        if remove_reparametrizations(self.model):
+            self._rebuild_optimizer()
+        return self.model
 
 
 def apply_tricks(values: Mapping[str, Value], model: nn.Module, *, num_classes: int, steps_per_epoch: int,
                  epochs: int, device: str | torch.device = "cpu", seed: int = 0,
-                 prepare: bool = True, example: Tensor | None = None) -> TrainingSetup:
-    """Apply `values` (missing ones at their defaults) to `model` and build everything else;
-    `example`: a small batch for prepare_model."""
+                 prepare: bool = True, example: Tensor | None = None, teacher: nn.Module | None = None,
+                 class_counts: Tensor | None = None) -> TrainingSetup:
+    """Apply `values` (missing ones at their defaults) to `model` and build everything else.
+
+    `example`: a small batch for prepare_model. `teacher`: the distillation teacher's model
+    (default: loaded from distill.teacher when that is a checkpoint file; an MLflow reference is
+    loaded with autotrick.load_model). `class_counts`: the training labels per class, which
+    loss.alpha needs."""
+    from autotrick.checkpoint import load_teacher
+
     values = complete(values)
     device = torch.device(device)
     model = model.to(device)  # first: the example runs where the model will train
     if prepare:
         model = prepare_model(model, values, None if example is None else example.to(device))
-    optimizer = build_optimizer(model, **OPTIM.kwargs(values))
+    # Training-time reparametrization (removed again by export()): after the model-side tricks,
+    # whoever applied those.
+    model = reparametrize(model, **REPARAM.kwargs(values)).to(device)  # type: ignore[arg-type]
+    optimizer = _optimizer(model, values, num_classes)
+    reference = values.get("distill.teacher")
+    if reference is not None:
+        teacher = as_teacher(teacher, device) if teacher is not None else load_teacher(str(reference), device=device)
     return TrainingSetup(
         model=model,
         optimizer=optimizer,
@@ -163,4 +306,8 @@ def apply_tricks(values: Mapping[str, Value], model: nn.Module, *, num_classes: 
         train_transform=policy_transform(**AUGMENT.kwargs(values)),
         early_stopper=EarlyStopper(**EARLY_STOP.kwargs(values)),  # type: ignore[arg-type]
         generator=torch.Generator().manual_seed(seed),
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        teacher=teacher if reference is not None else None,
+        class_counts=class_counts,
     )

@@ -116,6 +116,10 @@ def _train_options(f: Any) -> Any:
     return f
 
 
+_WEIGHTS_HELP = ("start from these weights: a state dict for --model (e.g. torchvision's .pth, a local file), "
+                 "an autotrick checkpoint, models:/NAME@alias or runs:/RUN_ID/model; a new head if the classes differ")
+
+
 @cli.command()
 @_train_options
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="default 15, or the recipe's")
@@ -124,15 +128,18 @@ def _train_options(f: Any) -> Any:
               help="a recipe: file.yaml, runs:/RUN_ID/recipe.yaml or models:/NAME@champion")
 @click.option("--set", "sets", multiple=True, metavar="TRICK.PARAM=VALUE",
               help="set a trick parameter (repeatable; applied over the recipe)")
+@click.option("--weights", default=None, help=_WEIGHTS_HELP)
 @click.option("--verbose", "-v", is_flag=True, expose_value=False,  # read by main()
               help="show your own model's or data code's traceback when it raises")
 def train(model: str | None, data: str | None, data_dir: str | None, seed: int, device: str, data_mode: str,
-          epochs: int | None, batch_size: int | None, recipe_ref: str | None, sets: Sequence[str]) -> None:
+          epochs: int | None, batch_size: int | None, recipe_ref: str | None, sets: Sequence[str],
+          weights: str | None) -> None:
     """Train once with the given tricks (all off by default) and print each epoch."""
     from autotrick.commands import run_train
 
     run_train(model=model, data=data, data_dir=data_dir, seed=seed, device=device, epochs=epochs,
-              batch_size=batch_size, recipe_ref=recipe_ref, sets=parse_sets(sets), data_mode=data_mode)
+              batch_size=batch_size, recipe_ref=recipe_ref, sets=parse_sets(sets), data_mode=data_mode,
+              weights=weights)
 
 
 @cli.command()
@@ -176,6 +183,7 @@ def spaces() -> None:
 @click.option("--register", default=None, metavar="NAME", help="register the best model in MLflow as NAME")
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
 @_data_mode_option
+@click.option("--weights", default=None, help=_WEIGHTS_HELP)
 @click.option("--verbose", "-v", is_flag=True,
               help="show Ray's own tables and logs, failed trials' tracebacks, and your own code's traceback "
                    "when it raises")

@@ -28,7 +28,8 @@ def list_tricks() -> None:
         for p in trick.params:
             key, default = f"{trick.name}.{p.name}", "null" if p.default is None else str(p.default)
             when = f"  (when {p.when})" if p.when else ""
-            click.echo(f"  {key:<26} default {default:<9} search {p.search}{when}")
+            search = "given, not searched" if p.kind == "str" else p.search
+            click.echo(f"  {key:<26} default {default:<9} search {search}{when}")
             click.echo(f"  {'':<26} {p.help}")
 
 
@@ -46,7 +47,7 @@ def format_epoch(r: EpochReport) -> str:
 
 def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed: int, device: str,
               epochs: int | None, batch_size: int | None, recipe_ref: str | None,
-              sets: Mapping[str, Any], data_mode: str = "auto") -> None:
+              sets: Mapping[str, Any], data_mode: str = "auto", weights: str | None = None) -> None:
     """Validate everything, then train once and print one line per epoch and a summary."""
     from autotrick.data import check_data_mode, plan_data
     from autotrick.device import resolve_device
@@ -77,6 +78,12 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
     plan = plan_data(check_model_and_data(config.model, config.data, config.data_dir), data_mode,
                      device=config.device)
     config = replace(config, data_mode=plan.mode)
+    weights = weights or settings.get("weights")
+    if weights or values.get("distill.teacher"):
+        spec, weights_file, teachers = resolve_model_files(
+            model=model and config.model, default_model=config.model, data=config.data, data_dir=config.data_dir,
+            weights=weights, teacher=values.get("distill.teacher"), tracking_uri=None)
+        config = replace(config, model=spec, weights=weights_file, teachers=teachers)
     changed = {k: v for k, v in values.items() if k in given}
     click.echo(f"train {config.model} on {config.data}, {config.epochs} epochs, batch {config.batch_size}, "
                f"seed {config.seed}, {config.device}, {plan.describe()}; "
@@ -145,6 +152,7 @@ class SearchRequest:
     register: str | None = None
     num_cpus: int | None = None  # a local Ray's CPUs (tests and benchmarks pin 2)
     data_mode: str | None = None  # memory | stream | auto (the default: by size)
+    weights: str | None = None  # the model starts from these: a file, models:/ or runs:/
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,7 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     `space_yaml`: a resumed search's space, as it was when the search started."""
     from autotrick.data import absolute_data_spec
     from autotrick.entrypoints import absolute_spec
+    from autotrick.params import Fixed
     from autotrick.search import SearchOptions, check_address
     from autotrick.space import read_space_text, resolve_space_path, space_from_text
     from autotrick.tracking import check_store, resolve_tracking_uri
@@ -211,6 +220,13 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     train = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=max_epochs,
                         batch_size=space.batch_size, seed=seed,
                         device="auto" if gpus is None else "cuda" if gpus > 0 else "cpu", data_mode=plan.mode)
+    teacher = space.domains.get("distill.teacher")
+    teacher = teacher.value if isinstance(teacher, Fixed) else None  # free text is only ever fixed
+    if request.weights or teacher is not None:
+        spec, weights_file, teachers = resolve_model_files(
+            model=request.model and model, default_model=model, data=data, data_dir=data_dir,
+            weights=request.weights, teacher=teacher, tracking_uri=tracking_uri)
+        train = replace(train, model=spec, weights=weights_file, teachers=teachers)
     options = SearchOptions(name=state_dir.name, space=space, train=train, state_dir=state_dir,
                             cpus_per_trial=cpus, gpus_per_trial=gpus, data_plan=plan.describe(),
                             concurrency=request.concurrency, address=request.address,
@@ -222,6 +238,49 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                         seed=seed, output=str(output), tracking_uri=tracking_uri,
                         data_mode=data_mode)
     return _Prepared(options, output, effective, space_yaml)
+
+
+def resolve_model_files(*, model: str | None, default_model: str, data: str, data_dir: str | None,
+                        weights: str | None, teacher: Any, tracking_uri: str | None,
+                        ) -> tuple[str, str | None, tuple[tuple[str, str], ...]]:
+    """--weights and distill.teacher as absolute local files, since trials run in other folders:
+    a file as given, an MLflow model fetched as a checkpoint. Each is loaded here once, so that one
+    that does not fit the model or the data fails now, in one line. Returns the model spec (a
+    checkpoint given as --weights names its own; `model`, if given, must agree), the weights file
+    and the teacher's (reference, file)."""
+    import torch
+
+    from autotrick.checkpoint import build_initial_model, is_mlflow_ref, load_teacher, read_model_file
+    from autotrick.data import describe_data
+    from autotrick.state import FETCHED_MODELS
+
+    images = describe_data(data, data_dir)  # the shape and classes, without loading a data set to stream
+    shape = (images.in_channels, *images.image_size)
+
+    def local_file(ref: str) -> str:
+        if is_mlflow_ref(ref):
+            from autotrick.tracking import fetch_checkpoint
+
+            return str(fetch_checkpoint(ref, FETCHED_MODELS.resolve(), input_shape=shape, tracking_uri=tracking_uri))
+        return str(Path(ref).expanduser().resolve())
+
+    spec, weights_file = model or default_model, local_file(weights) if weights else None
+    if weights_file is not None:
+        named = read_model_file(weights_file, "--weights").spec
+        if named is not None and model is not None and named != model:
+            raise ConfigError(f"--weights {weights}: a checkpoint of model '{named}', not --model {model}")
+        spec = named or spec
+        build_initial_model(spec, weights=weights_file, num_classes=images.num_classes,
+                            in_channels=images.in_channels, image_size=images.image_size)
+    teachers: tuple[tuple[str, str], ...] = ()
+    if teacher is not None:
+        teachers = ((str(teacher), local_file(str(teacher))),)
+        with torch.no_grad():
+            outputs = load_teacher(str(teacher), dict(teachers))(torch.zeros(2, *shape)).shape[-1]
+        if outputs != images.num_classes:
+            raise ConfigError(f"distill.teacher {teacher}: the teacher gives {outputs} classes, the data set "
+                              f"'{data}' has {images.num_classes}; expected a teacher trained on the same classes")
+    return spec, weights_file, teachers
 
 
 def check_model_and_data(model: str, data: str, data_dir: str | None) -> Any:
@@ -268,6 +327,7 @@ def describe_gpus(gpus: float | None, requested: float | str | None) -> str:
 def _resumed_request(request: SearchRequest, stored: dict[str, Any] | None,
                      name: str) -> tuple[SearchRequest, str | None]:
     """A resumed search's request: what it started with, and what may change (autotrick.request)."""
+    from autotrick.checkpoint import is_mlflow_ref
     from autotrick.data import absolute_data_spec
     from autotrick.entrypoints import absolute_spec
     from autotrick.request import as_path, check_space_unchanged, resumed
@@ -282,7 +342,8 @@ def _resumed_request(request: SearchRequest, stored: dict[str, Any] | None,
 
     merged, space_yaml = resumed(request, stored, name, same={
         "space": space_file, "model": absolute_spec, "data": absolute_data_spec, "data_dir": as_path,
-        "tracking_uri": same_store, "gpus_per_trial": lambda gpus: gpus_per_trial(gpus, address=request.address)})
+        "tracking_uri": same_store, "gpus_per_trial": lambda gpus: gpus_per_trial(gpus, address=request.address),
+        "weights": lambda ref: ref if is_mlflow_ref(ref) else as_path(ref)})
     if request.space is not None:
         check_space_unchanged(request.space, read_space_text(resolve_space_path(request.space)), space_yaml, name)
     return merged, space_yaml
@@ -337,7 +398,7 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
     from autotrick.tracking import SearchTracker, resolve_tracking_uri
 
     options, output, request = prepared.options, prepared.output, prepared.request
-    info = options.info(versions())
+    info = replace(options.info(versions()), weights=request.weights)
     # The data set as MLflow's dataset input, digest and all: in-memory data only, which
     # prepare_search loaded (and cached) already; a streamed one is never loaded whole.
     data = load_data(options.train.data, options.train.data_dir) if options.train.data_mode == "memory" else None
@@ -426,7 +487,7 @@ def _best_model(options: Any, best: TrialRecord | None) -> Any:
     """The best trial's trained weights, saved by its worker, in a model built the same way."""
     import torch
 
-    from autotrick.apply import prepare_model
+    from autotrick.apply import prepare_trained
     from autotrick.data import describe_data
     from autotrick.models import build_model
     from autotrick.search import saved_model_path
@@ -437,9 +498,10 @@ def _best_model(options: Any, best: TrialRecord | None) -> Any:
     if not path.exists():
         return None
     images = describe_data(options.train.data, options.train.data_dir)
-    model = prepare_model(build_model(options.train.model, num_classes=images.num_classes,
-                                      in_channels=images.in_channels, image_size=images.image_size),
-                          best.values)
+    model = prepare_trained(build_model(options.train.model, num_classes=images.num_classes,
+                                        in_channels=images.in_channels, image_size=images.image_size),
+                            best.values, num_classes=images.num_classes,
+                            example_inputs=torch.zeros(2, images.in_channels, *images.image_size))
     model.load_state_dict(torch.load(path, map_location="cpu"))
     return model.eval()
 

@@ -18,27 +18,33 @@ from typing import Any, Literal, Protocol
 from autotrick.errors import ConfigError
 
 Value = bool | int | float | str | None
-Kind = Literal["choice", "float", "int", "bool"]
+Kind = Literal["choice", "float", "int", "bool", "str"]
 
 
 @dataclass(frozen=True)
 class When:
     """Sample a parameter only when a sibling parameter of the same trick has one of `values`,
-    or is above `above` (for example the pruning finetune only when the ratio is > 0)."""
+    is above `above` (for example the pruning finetune only when the ratio is > 0), or, with
+    `is_set`, is not null (the distillation temperature only when there is a teacher)."""
 
     param: str
     values: tuple[Value, ...] = ()
     above: float | None = None
+    is_set: bool = False
 
     def holds(self, value: Value) -> bool:
+        if self.is_set:
+            return value is not None
         if self.above is not None:
             return value is not None and float(value) > self.above  # type: ignore[arg-type]
         return value in self.values
 
     def __str__(self) -> str:
+        if self.is_set:
+            return f"{self.param} is set"
         if self.above is not None:
             return f"{self.param} > {self.above:g}"
-        return f"{self.param} in {{{', '.join(str(v) for v in self.values)}}}"
+        return f"{self.param} in {{{', '.join(value_text(v) for v in self.values)}}}"
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class Param:
     `default` is the baseline: the trick off, or the model's own setting. `low`/`high` is the
     default search range; `bounds` what is allowed at all (defaults to the search range).
     `nullable` parameters take None for "off / leave the model's own value".
+    A "str" parameter is free text (a reference such as a teacher model's): it is given, never
+    searched, so its search domain is its default and a space can only fix it.
     The kind is read once, here, to build the two domains that answer every other question.
     """
 
@@ -66,18 +74,22 @@ class Param:
     @functools.cached_property
     def search(self) -> Domain:
         """The default search domain: what `tricks: {name: search}` draws from."""
+        if self.kind == "str":
+            return Fixed(self.default)
         if self.kind != "choice" and self.kind != "bool":
             assert self.low is not None and self.high is not None
             return Range(self.low, self.high, log=self.log, integer=self.kind == "int")
         return self.allowed
 
     @functools.cached_property
-    def allowed(self) -> Domain:
+    def allowed(self) -> Domain | Text:
         """Every value a search space, a recipe or --set may give (null aside)."""
         if self.kind == "choice":
             return Choice(self.choices)
         if self.kind == "bool":
             return Choice((False, True))
+        if self.kind == "str":
+            return Text()
         assert self.low is not None and self.high is not None
         low, high = self.bounds or (self.low, self.high)
         return Range(low, high, integer=self.kind == "int")
@@ -195,6 +207,21 @@ class Range:
         return f"[{self.low:g}, {self.high:g}]" + (" log" if self.log else "")
 
 
+@dataclass(frozen=True)
+class Text:
+    """Any non-empty string: what a free-text parameter allows. It is never sampled (a space can
+    only fix it), so it has no `suggest`; what the text refers to is checked where it is used."""
+
+    def contains(self, value: Value) -> bool:
+        return isinstance(value, str) and bool(value.strip())
+
+    def coerce(self, value: Value) -> Value:
+        return value
+
+    def describe(self) -> str:
+        return "a non-empty string"
+
+
 Domain = Fixed | Choice | Range
 
 
@@ -271,7 +298,9 @@ def suggest_values(tricks: Iterable[Trick], domains: Mapping[str, Domain],
     values: dict[str, Value] = {}
     for trick in tricks:
         for param in trick.params:
-            if param.when is not None and not param.when.holds(values[trick.key(param.when.param)]):
+            # a parent that was not drawn itself (its own parent said no) says no as well
+            if param.when is not None and (trick.key(param.when.param) not in values
+                                           or not param.when.holds(values[trick.key(param.when.param)])):
                 continue
             key = trick.key(param.name)
             values[key] = domains.get(key, Fixed(param.default)).suggest(trial, key)

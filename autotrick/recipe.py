@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 RECIPE_FILE = "recipe.yaml"
-_TRAINING_KEYS = ("model", "data", "epochs", "batch_size", "seed", "precision", "threads")
+_TRAINING_KEYS = ("model", "data", "epochs", "batch_size", "seed", "precision", "threads", "weights")
 
 
 @dataclass
@@ -64,9 +64,11 @@ class Recipe:
             "mlflow_run_id": mlflow_run_id}
         if best.measurements:
             provenance["measured"] = dict(best.measurements)
-        return cls(tricks=dict(best.values), provenance=provenance, training={
-            "model": info.model, "data": info.data, "epochs": info.max_epochs, "batch_size": info.batch_size,
-            "seed": info.seed, "precision": best.values.get("precision.dtype", "fp32"), "threads": info.threads})
+        training = {"model": info.model, "data": info.data, "epochs": info.max_epochs, "batch_size": info.batch_size,
+                    "seed": info.seed, "precision": best.values.get("precision.dtype", "fp32"), "threads": info.threads}
+        if info.weights:
+            training["weights"] = info.weights  # the model started from these: a re-run must too
+        return cls(tricks=dict(best.values), provenance=provenance, training=training)
 
     def to_yaml(self) -> str:
         nested: dict[str, dict[str, Value]] = {}
@@ -82,17 +84,20 @@ class Recipe:
         return write_text_atomically(path, self.to_yaml())
 
     def apply(self, model: nn.Module, *, num_classes: int, steps_per_epoch: int, epochs: int | None = None,
-              device: str = "cpu", seed: int | None = None, example: Tensor | None = None) -> TrainingSetup:
+              device: str = "cpu", seed: int | None = None, example: Tensor | None = None,
+              teacher: nn.Module | None = None, class_counts: Tensor | None = None) -> TrainingSetup:
         """Apply the model-side tricks to `model` and build the optimizer, per-step schedule,
         loss, augmentation and pruning step for a training loop: returns an
         autotrick.apply.TrainingSetup (see examples/own_loop.py). `example`, a small batch of
         inputs, lets the model-side tricks see the model run once: where the classifier is, what
-        each norm sees; init.zero_last_norm needs it."""
+        each norm sees; init.zero_last_norm needs it. `teacher` (for distill.teacher, e.g.
+        autotrick.load_model(ref)) and `class_counts` (for loss.alpha): see apply_tricks."""
         from autotrick.apply import apply_tricks
 
         return apply_tricks(self.tricks, model, num_classes=num_classes, steps_per_epoch=steps_per_epoch,
                             epochs=epochs or int(self.training.get("epochs", 15)), device=device,
-                            seed=self.training.get("seed", 0) if seed is None else seed, example=example)
+                            seed=self.training.get("seed", 0) if seed is None else seed, example=example,
+                            teacher=teacher, class_counts=class_counts)
 
 
 def parse_recipe(text: str, source: str) -> Recipe:
@@ -140,6 +145,8 @@ def _check_training(key: str, value: Any, source: str) -> None:
         raise ConfigError(f"{where} must be a positive integer")
     if key == "seed" and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{where} must be an integer")
+    if key == "weights" and not (isinstance(value, str) and value.strip()):
+        raise ConfigError(f"{where} must be a file, models:/NAME@alias or runs:/RUN_ID/model")
     if key in ("model", "data") and not (isinstance(value, str) and value.strip()):
         raise ConfigError(f"{where} must be a name or spec, e.g. {'cnn' if key == 'model' else 'digits'}")
     if key == "precision":

@@ -110,6 +110,7 @@ class SearchInfo:
     threads: int = 1                     # torch CPU threads per trial
     grace_epochs: int = 0                # ASHA's grace: every trial that did not fail trained this long
     versions: dict[str, str] = field(default_factory=dict)
+    weights: str | None = None           # what the model started from (--weights), if not from scratch
 
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "versions"}

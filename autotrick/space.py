@@ -114,7 +114,8 @@ def resolve_values(given: Mapping[str, Any], where: str) -> dict[str, Value]:
             raise ConfigError(f"{where}: unknown trick parameter '{key}'; expected {allowed}")
         checked[key] = params[key].check(value, f"{where}: {key}")
     values = {key: checked.get(key, p.default) for key, p in params.items()}
-    domains = {key: p.search for key, p in params.items()}
+    # a free-text parameter is never searched (its search domain is its default): replay it as given
+    domains = {key: Fixed(values[key]) if p.kind == "str" else p.search for key, p in params.items()}
     return suggest_values(TRICKS, domains, FixedTrial(values))
 
 
@@ -245,6 +246,8 @@ def parse_domain(param: Param, spec: Any, key: str, fail: Any) -> Domain:
         except ConfigError as exc:
             raise fail(key, str(exc).removeprefix(f"{key}: ")) from None
 
+    if isinstance(spec, list) and param.kind == "str":
+        raise fail(key, f"{param.name} is free text, given and not searched: give one value, not a list")
     if isinstance(spec, list):
         if not spec:
             raise fail(key, f"empty choice list; give at least one of {param.describe_allowed()}")

@@ -32,6 +32,9 @@ from autotrick.atomic import write_bytes_atomically, write_text_atomically
 from autotrick.errors import ConfigError, first_line
 
 STATE_ROOT = Path(".autotrick")
+# MLflow models fetched as checkpoints that trials can read (--weights, distill.teacher): a name no
+# search can take (search names are letters, digits, '-' and '_').
+FETCHED_MODELS = STATE_ROOT / ".models"
 JOURNAL_FILE = "optuna.journal"
 REQUEST_FILE = "request.json"
 _LOCK_FILE = "lock"

@@ -28,12 +28,13 @@ from torch import Tensor, nn
 
 from autotrick.apply import TrainingSetup, apply_tricks, prepare_model
 from autotrick.augment import basic_augment, normalize
+from autotrick.checkpoint import build_initial_model, load_teacher
 from autotrick.data import Feed, open_feed
 from autotrick.diagnose import check_model, count_activations
 from autotrick.errors import TrickNote, first_line
-from autotrick.models import build_model
 from autotrick.params import Value
 from autotrick.records import Outcome
+from autotrick.tricks.pruning import inference_ms
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     data_mode: str = "auto"  # memory | stream | auto (by size: autotrick.data.placement)
+    weights: str | None = None  # a checkpoint or state dict (absolute path) the model starts from
+    teachers: tuple[tuple[str, str], ...] = ()  # distill.teacher reference -> its local checkpoint
 
 
 @dataclass
@@ -107,14 +110,17 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
     data = open_feed(config.data, config.data_dir, device=device, mode=config.data_mode,
                      workers=config.threads or os.cpu_count())
     torch.manual_seed(config.seed)
-    model = build_model(config.model, num_classes=data.size.num_classes, in_channels=data.size.in_channels,
-                        image_size=data.size.image_size)
+    model = build_initial_model(config.model, weights=config.weights, num_classes=data.size.num_classes,
+                                in_channels=data.size.in_channels, image_size=data.size.image_size)
     steps_per_epoch = math.ceil(data.size.train_count / config.batch_size)
     model, example = model.to(device), _example(data)
     activations = count_activations(model, example)
     model, notes = _prepare(model, values, example)
+    teacher = values.get("distill.teacher")
     setup = apply_tricks(values, model, num_classes=data.size.num_classes, steps_per_epoch=steps_per_epoch,
-                         epochs=config.epochs, device=device, seed=config.seed, prepare=False)
+                         epochs=config.epochs, device=device, seed=config.seed, prepare=False,
+                         teacher=load_teacher(str(teacher), dict(config.teachers), device) if teacher else None,
+                         class_counts=data.class_counts() if values.get("loss.alpha") is not None else None)
     warning = check_model(setup.model, example, activations_before=activations)
     if on_prepared is not None:
         on_prepared(notes, warning)
@@ -186,7 +192,11 @@ class _Loop:
         """Pruning happens after training: prune, finetune with the mask held, make it permanent."""
         if self.setup.prune_ratio <= 0:
             return self._end(last, outcome, report, started)
-        self.setup.prune()
+        images, _ = next(iter(self.data.val_batches()))  # what inference is timed on, before and after
+        batch = _layout(normalize(images[:self.config.batch_size], self.data.mean, self.data.std), self.channels_last)
+        dense = {"params_dense": sum(p.numel() for p in self.setup.model.parameters()),
+                 "inference_ms_dense": inference_ms(self.setup.model, batch)}
+        self.setup.prune(example_inputs=batch[:2])
         for i in range(self.setup.finetune_epochs):
             last = self._epoch(last.epoch)  # finetune epochs are not new epochs of the budget
             if not math.isfinite(last.train_loss):
@@ -195,14 +205,15 @@ class _Loop:
         sparsity = self.setup.finish_pruning()
         last.val_loss, last.val_accuracy = self._evaluate()
         return self._end(last, outcome, report, started, measurements={
-            "sparsity": sparsity.sparsity, "nonzero_params": sparsity.nonzero_params})
+            "sparsity": sparsity.sparsity, "nonzero_params": sparsity.nonzero_params,
+            "params": sparsity.total_params, "inference_ms": inference_ms(self.setup.model, batch), **dense})
 
     def _end(self, last: EpochReport, outcome: Outcome, report: Report, started: float, *, reason: str = "",
              measurements: dict[str, float] | None = None) -> TrialResult:
         last.outcome = outcome
         self.history.append(last)
         if self.on_trained is not None and outcome.successful:
-            self.on_trained(self.setup.model)
+            self.on_trained(self.setup.export())
         report(last)
         return TrialResult(outcome, last.epoch, last.val_accuracy, last.val_loss, self.history, reason=reason,
                            measurements=measurements or {}, train_seconds=time.perf_counter() - started)
@@ -210,6 +221,7 @@ class _Loop:
     def _epoch(self, epoch: int) -> EpochReport:
         setup, data = self.setup, self.data
         started = time.perf_counter()
+        setup.on_epoch_start(epoch - 1)
         setup.model.train()
         order = torch.randperm(data.size.train_count, generator=setup.generator)
         lrs: list[float] = []  # the lr is a Python float in the optimizer's param groups: no sync
@@ -260,7 +272,8 @@ def train_steps(setup: TrainingSetup, data: Feed, batches: Iterable[tuple[Tensor
                                         generator=setup.generator))
         x, targets = setup.mix(normalize(x, data.mean, data.std), setup.targets(labels))
         with setup.autocast():
-            loss = setup.loss(setup.model(_layout(x, channels_last)), targets)
+            x = _layout(x, channels_last)
+            loss = setup.loss(setup.model(x), targets, inputs=x)  # inputs: distillation's teacher sees them
         if lrs is not None:
             lrs.append(setup.lr)
         setup.step(loss)

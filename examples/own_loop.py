@@ -3,9 +3,11 @@
     python examples/own_loop.py quick.recipe.yaml [--epochs 10]
 
 Nothing here is autotrick's: the model, the data pipeline (a plain DataLoader) and the loop are
-the user's. The recipe supplies the model-side tricks (init, norm swap, dropout), the optimizer
-with its parameter groups, the per-step schedule, the loss (smoothing, mixup/cutmix, L1), the
-augmentation policy, gradient clipping and the post-training pruning step.
+the user's. The recipe supplies the model-side tricks (init, norm swap, dropout, weight or spectral
+norm), the optimizer with its parameter groups, the per-step schedule, the loss (smoothing,
+mixup/cutmix, focal, L1), the per-epoch tricks (a frozen backbone, gradual pruning, the batch
+renorm ramp), the augmentation policy, gradient clipping and the pruning step. A recipe with a
+distillation teacher needs it passed in: recipe.apply(..., teacher=autotrick.load_model(ref)).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def main() -> None:
     train_idx, val_idx = order[:1437], order[1437:]
 
     example = images[train_idx[:4]].float() / 255.0  # the model-side tricks watch the model run on these
-    setup = recipe.apply(MyNet(), num_classes=10, steps_per_epoch=23, epochs=epochs, example=example)
+    setup = recipe.apply(MyNet(), num_classes=10, steps_per_epoch=23, epochs=epochs, example=example,
+                         class_counts=torch.bincount(labels[train_idx], minlength=10))
     train_loader = DataLoader(Digits(images[train_idx], labels[train_idx]), batch_size=64, shuffle=True)
     assert len(train_loader) == 23
 
@@ -73,24 +76,26 @@ def main() -> None:
             logits = setup.model(images[val_idx].float() / 255.0)
         return float((logits.argmax(1) == labels[val_idx]).float().mean())
 
-    def train_one_epoch() -> None:
+    def train_one_epoch(epoch: int) -> None:
+        setup.on_epoch_start(epoch)                            # unfreeze, gradual pruning, renorm ramp
         setup.model.train()
         for x, y in train_loader:
             x = setup.augment(x).float() / 255.0               # the policy, each image its own draw
             x, targets = setup.mix(x, setup.targets(y))        # smoothing, then mixup/cutmix
             with setup.autocast():
-                loss = setup.loss(setup.model(x), targets)     # soft cross-entropy + L1
+                loss = setup.loss(setup.model(x), targets, inputs=x)   # ce or focal, distillation, L1
             setup.step(loss)                                   # backward, clip, optimizer, schedule
 
     for epoch in range(1, epochs + 1):
-        train_one_epoch()
+        train_one_epoch(epoch - 1)
         print(f"epoch {epoch}: val_accuracy {evaluate():.4f}  lr {setup.lr:.4g}")
     if setup.prune_ratio > 0:                                  # the recipe's post-training pruning
-        setup.prune()
+        setup.prune(example_inputs=images[val_idx[:2]].float() / 255.0)
         for _ in range(setup.finetune_epochs):
-            train_one_epoch()
-        sparsity = setup.finish_pruning()
+            train_one_epoch(epochs - 1)
+        sparsity = setup.finish_pruning()                      # the zeros now stay zero through setup.step
         print(f"pruned: sparsity {sparsity.sparsity:.3f}, {sparsity.nonzero_params:,} non-zero parameters")
+    setup.export()                                             # plain weights, to save or export
     print(f"final val_accuracy {evaluate():.4f}")
 
 

@@ -106,7 +106,7 @@ def test_no_traceback_from_the_real_console_script(in_empty_dir: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "autotrick: error: --set: norm.type: 'batchy' is not allowed; expected one of keep, batch, group, "
-        "layer, instance, none"]
+        "layer, instance, none, batch_renorm"]
 
 
 def test_the_quick_exit_still_runs_the_atexit_handlers(tmp_path: Path) -> None:

@@ -330,3 +330,43 @@ def test_a_missing_recipe_in_the_store_exits_2_with_one_line(case: str, searched
         run_id = ref.removeprefix("runs:/").partition("/")[0]
         assert_fails_in_one_line(["export", "--run", run_id, "-o", "never.yaml", "--tracking-uri", searched.uri],
                                  expected, searched.workdir, capsys)
+
+
+# --------------------------------------------------------------------------- distillation from the registry
+
+DISTILL_SPACE = EXAMPLE.parent / "distill.yaml"
+
+
+def test_the_distill_example_searches_a_student_of_the_registered_model(searched: Searched,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/distill.md, step 2, at a tiny budget: the teacher is this module's registered champion."""
+    assert Path.cwd() == searched.workdir
+    code = run_search_command(SearchRequest(space=str(DISTILL_SPACE), trials=3, max_epochs=2, name="student",
+                                            tracking_uri=searched.uri))
+    out, _ = capsys.readouterr()
+    assert code == 0, out
+    fetched = list((searched.workdir / ".autotrick" / ".models").glob("*.pt"))
+    assert len(fetched) == 1  # the registered model, fetched once as a checkpoint the trials load
+    client = MlflowClient(searched.uri)
+    experiment = client.get_experiment_by_name("student")
+    assert experiment is not None
+    trials = [r for r in client.search_runs([experiment.experiment_id]) if TAG_TRIAL in r.data.tags]
+    teachers = sorted(r.data.params.get("distill.teacher", "") for r in trials)
+    assert teachers == [""] + ["models:/digits-cnn@champion"] * 2, teachers  # the baseline has none
+    assert all("distill.temperature" in r.data.params for r in trials if r.data.params.get("distill.teacher"))
+    recipe = load_recipe(searched.workdir / "student.recipe.yaml")
+    assert recipe.training["model"] == "mlp"
+
+    # the model behind the champion, and the same model on its run, load back as models
+    from autotrick.tracking import load_model
+
+    x = torch.zeros(2, 1, 8, 8)
+    by_alias = load_model(f"models:/{MODEL_NAME}@champion", tracking_uri=searched.uri)
+    by_run = load_model(f"runs:/{searched.best_run_id}/model", tracking_uri=searched.uri)
+    torch.testing.assert_close(by_alias(x), by_run(x))
+
+    # train --set distill.teacher=models:/... resolves the reference the same way
+    code, out, err = run_cli(["train", "--model", "mlp", "--epochs", "1",
+                              "--set", f"distill.teacher=models:/{MODEL_NAME}@champion"], capsys)
+    assert code == 0, out + err
+    assert "distill.teacher=models:/digits-cnn@champion" in out and "finished: val_accuracy" in out

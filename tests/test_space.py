@@ -77,9 +77,14 @@ def test_conditional_parameters_are_drawn_only_under_their_parent() -> None:
         trial = study.ask()
         values = space.suggest(trial)
         assert ("norm.groups" in values) == (values["norm.type"] == "group")
-        assert ("optim.momentum" in values) == (values["optim.name"] == "sgd")
+        assert ("optim.momentum" in values) == (values["optim.name"] in ("sgd", "lars"))
+        assert ("optim.trust_coef" in values) == (values["optim.name"] == "lars")
         assert ("augment.magnitude" in values) == (values["augment.policy"] == "randaugment")
         assert ("prune.finetune_epochs" in values) == (values["prune.ratio"] > 0)
+        # a chain: the schedule under structured, itself under the ratio
+        assert ("prune.schedule" in values) == (values["prune.ratio"] > 0 and not values["prune.structured"])
+        assert ("prune.gradual_end" in values) == (values.get("prune.schedule") == "gradual")
+        assert ("loss.gamma" in values) == (values["loss.name"] == "focal")
         assert set(trial.params) <= set(values)  # Optuna saw exactly what was drawn
         seen_group |= values["norm.type"] == "group"
         seen_other |= values["norm.type"] != "group"
@@ -113,9 +118,12 @@ def test_every_param_validates_its_own_default_and_its_search_domain_lies_inside
     for key, param in all_params().items():
         assert param.check(param.default, key) == param.default
         search = param.search
+        if isinstance(search, Fixed):  # free text is never searched: its search domain is its default
+            assert param.kind == "str" and search.value == param.default, key
+            continue
         inside = (search.low, search.high) if isinstance(search, Range) else search.options
         assert all(param.allowed.contains(value) for value in inside), key
-    assert len(TRICKS) >= 12
+    assert len(TRICKS) >= 16
 
 
 @pytest.mark.parametrize(("make", "message"), [

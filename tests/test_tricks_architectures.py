@@ -20,7 +20,7 @@ The coverage is split so that the module finishes well inside CI's time on a 2-c
   MaxViT, RegNet, Swin and SwinV2, ViT: their smallest builders take 10-150 s a case here).
   AlexNet and VGG, whose fixed 4096-wide heads make 57M and 133M parameters, have the structural
   sweep and the dropout-placement test (tests/test_tricks_model.py); their norms are plain
-  BatchNorm2d in a Sequential, as in many models here. Seven cases apply one value of every
+  BatchNorm2d in a Sequential, as in many models here. Eight cases apply one value of every
   model-side trick each, as `prepare_model` does, so that together they cover each norm type,
   each initializer, dropout, pruning, and all of them at once (the heaviest models run two), and
   assert on each effect: every swapped site computes the reference norm of its own input over
@@ -149,7 +149,7 @@ class Arch:
     build: Callable[[], nn.Module]
     size: int = 32
     zeroed: int | None = None  # norms zero_last_norm must zero: one per residual block; None: some
-    cases: tuple[int, ...] = tuple(range(7))  # which of CASES run (the heaviest models run two)
+    cases: tuple[int, ...] = tuple(range(8))  # which of CASES run (the heaviest models run a few)
     damaged: frozenset[tuple[str, str]] = frozenset()  # (norm, init scheme) the model check must flag
     diverges: frozenset[str] = frozenset()  # norm types after which a training step may be non-finite
 
@@ -254,7 +254,7 @@ def reference(kind: str, layout: str, per_position: bool, x: Tensor, weight: Ten
         mean, var = grouped.mean(2, keepdim=True), grouped.var(2, unbiased=False, keepdim=True)
         y = ((grouped - mean) / torch.sqrt(var + eps)).reshape(n, c, p)
     else:
-        dims = {"batch": (0, 2), "instance": (2,),
+        dims = {"batch": (0, 2), "batch_renorm": (0, 2), "instance": (2,),
                 "layer": (1,) if per_position or layout == "last" else (1, 2)}[kind]
         mean, var = xc.mean(dims, keepdim=True), xc.var(dims, unbiased=False, keepdim=True)
         y = (xc - mean) / torch.sqrt(var + eps)
@@ -387,6 +387,7 @@ CASES: list[tuple[str, str, float | None, float]] = [
     ("keep", "orthogonal", None, 0.0),
     ("keep", "default", None, 0.5),
     ("instance", "trunc_normal", 0.2, 0.3),
+    ("batch_renorm", "default", None, 0.0),  # batch norm while r and d are held at 1 and 0 (early in a run)
 ]
 GROUPS = 4
 

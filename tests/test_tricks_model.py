@@ -36,7 +36,8 @@ def one_thread() -> Iterator[None]:
 
 @pytest.mark.parametrize(("trick", "apply", "not_model_side"), [
     (INIT, initialize, set()), (NORM, swap_norms, set()), (DROPOUT, set_dropout, set()),
-    (PRUNE, prune_weights, {"finetune_epochs"}),  # the epochs belong to the training loop
+    # the epochs and the schedule belong to the training loop; structured is another function
+    (PRUNE, prune_weights, {"finetune_epochs", "structured", "schedule", "gradual_start", "gradual_end"}),
 ])
 def test_keywords_are_the_trick_params(trick: Trick, apply: Callable[..., object],
                                        not_model_side: set[str]) -> None:

@@ -47,6 +47,10 @@ class Feed(Protocol):
         """The validation split, in order, val_batch_size(size) at a time."""
         ...
 
+    def class_counts(self) -> Tensor:
+        """Training images per class (int64, on the CPU): what loss.alpha weighs classes by."""
+        ...
+
 
 @dataclass
 class MemoryFeed:
@@ -72,6 +76,9 @@ class MemoryFeed:
         step = val_batch_size(self.size)
         for start in range(0, len(self.data.val_y), step):
             yield self.data.val_x[start:start + step], self.data.val_y[start:start + step]
+
+    def class_counts(self) -> Tensor:
+        return torch.bincount(self.data.train_y.cpu(), minlength=self.size.num_classes)
 
 
 def open_feed(spec: str, data_dir: str | None, *, device: torch.device, mode: str = "auto",

@@ -37,6 +37,7 @@ from autotrick.data.sources import (
     stats_from_histograms,
     user_splits,
 )
+from autotrick.errors import ConfigError
 
 STATS_SAMPLE = 2048
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -53,6 +54,9 @@ class _FolderImages(Dataset[tuple[Any, int]]):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def train_labels(self, train_count: int) -> list[int]:
+        return [label for _, label in self.samples[:train_count]]
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
@@ -72,6 +76,13 @@ class _UserImages(Dataset[tuple[Tensor, int]]):
 
     def __len__(self) -> int:
         return len(self.train) + len(self.val)
+
+    def train_labels(self, train_count: int) -> list[int]:
+        targets = getattr(self.train, "targets", None)
+        if targets is None:  # reading every label would decode every image
+            raise ConfigError(f"data set '{self.spec}': loss.alpha weighs classes by their training counts; give "
+                              "the training dataset a `targets` attribute (its labels) to stream it with loss.alpha")
+        return [int(label) for label in targets]
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         split, which = (self.train, "train") if index < len(self.train) else (self.val, "val")
@@ -119,6 +130,10 @@ class StreamFeed:
     def val_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         first, end, step = self.size.train_count, self.size.train_count + self.size.val_count, val_batch_size(self.size)
         return self._pass([list(range(i, min(i + step, end))) for i in range(first, end, step)])
+
+    def class_counts(self) -> Tensor:
+        labels = self.loader.dataset.train_labels(self.size.train_count)  # type: ignore[attr-defined]
+        return torch.bincount(torch.as_tensor(labels, dtype=torch.int64), minlength=self.size.num_classes)
 
     def _pass(self, batches: list[list[int]]) -> Iterator[tuple[Tensor, Tensor]]:
         self._batches.batches = batches  # read when the pass's iterator starts, below

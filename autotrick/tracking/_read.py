@@ -1,16 +1,19 @@
-"""Reading back from MLflow: a recipe from runs:/ or models:/ (or a file), a search's best recipe."""
+"""Reading back from MLflow: a recipe from runs:/ or models:/ (or a file), a search's best recipe,
+a registered or logged model (or a checkpoint file), and that model as a local checkpoint."""
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autotrick.errors import ConfigError
+from autotrick.errors import ConfigError, first_line
 from autotrick.recipe import RECIPE_FILE, Recipe, parse_recipe, read_recipe_file
 from autotrick.tracking._store import (
     CHAMPION,
     find_experiment_id,
+    fluent_api_on,
     latest_parent,
     open_client,
     resolve_tracking_uri,
@@ -19,6 +22,9 @@ from autotrick.tracking._store import (
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from torch import nn
+
+MODEL_ARTIFACT = "model"  # where a search logs the model it registers, on the best trial's run
 
 
 def load_recipe(ref: str | Path, *, tracking_uri: str | None = None) -> Recipe:
@@ -115,3 +121,52 @@ def _parse_model_ref(ref: str) -> tuple[str, str | None, str]:
         raise ConfigError(f"{ref}: expected models:/NAME@{CHAMPION} or models:/NAME/<version>")
     return name, alias, number
 
+
+
+def load_model(ref: str | Path, *, tracking_uri: str | None = None) -> nn.Module:
+    """A trained model, in eval mode: models:/NAME@alias or models:/NAME/<version>, runs:/RUN_ID[/model]
+    (a search's registered model, or the model logged on a run), or an autotrick checkpoint file."""
+    from autotrick.checkpoint import is_mlflow_ref, load_checkpoint  # torch: on first use only
+
+    ref = str(ref)
+    if not is_mlflow_ref(ref):
+        return load_checkpoint(ref)
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if ref.startswith("models:/"):
+        _model_run_id(open_client(uri), ref, uri)  # a one-line error for a missing name, alias or version
+        model_uri = ref
+    else:
+        run_id = ref.removeprefix("runs:/").partition("/")[0]
+        model_uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    try:
+        with fluent_api_on(uri):
+            return mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()
+    except (MlflowException, OSError) as error:
+        raise ConfigError(f"{ref}: no model there in {uri} ({first_line(error)}); expected a search's registered "
+                          f"model, models:/NAME@{CHAMPION}, or runs:/RUN_ID/{MODEL_ARTIFACT}") from None
+
+
+def fetch_checkpoint(ref: str, folder: Path, *, input_shape: tuple[int, int, int],
+                     tracking_uri: str | None = None) -> Path:
+    """The model behind an MLflow reference as an autotrick checkpoint in `folder` (a file a trial
+    in another process can read): its weights, and its recipe's model spec and tricks to rebuild it.
+    `input_shape` (C, H, W): the images it will see, which its recipe does not hold."""
+    import torch
+
+    from autotrick.checkpoint import save_checkpoint
+
+    uri = resolve_tracking_uri(tracking_uri)
+    model = load_model(ref, tracking_uri=uri)
+    recipe_ref = ref if ref.startswith("models:/") else "runs:/" + ref.removeprefix("runs:/").partition("/")[0]
+    recipe = load_recipe(recipe_ref, tracking_uri=uri)
+    if "model" not in recipe.training:
+        raise ConfigError(f"{ref}: its recipe names no model (training.model); expected a search's recipe")
+    with torch.no_grad():
+        num_classes = model(torch.zeros(2, *input_shape)).shape[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha1(f'{uri} {ref}'.encode()).hexdigest()[:16]}.pt"
+    return save_checkpoint(path, model, spec=recipe.training["model"], tricks=recipe.tricks,
+                           num_classes=num_classes, input_shape=input_shape)

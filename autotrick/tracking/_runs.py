@@ -14,13 +14,11 @@ no param).
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import hashlib
 import math
-import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +58,7 @@ from autotrick.tracking._store import (
     TAG_TRIAL,
     all_runs,
     experiment_for,
+    fluent_api_on,
     latest_parent,
     seed_sqlite_store,
     tag_filter,
@@ -315,7 +314,7 @@ class SearchLog:
         run_id = self._child_id(best)
         if run_id is None:
             raise RuntimeError(f"trial {best.number} has no run to log its model on")
-        with _fluent_api_on(self.tracking_uri, self.experiment_id):
+        with fluent_api_on(self.tracking_uri, self.experiment_id):
             logged = mlflow.pytorch.log_model(
                 model, name="model", run_id=run_id, registered_model_name=name,
                 # pickle takes any nn.Module; "pt2" (torch.export) fails on data-dependent code.
@@ -339,28 +338,6 @@ class SearchLog:
             self.client.update_model_version(name, version, description=note)
             self._model = (name, version)
             self.describe(result)
-
-
-@contextlib.contextmanager
-def _fluent_api_on(tracking_uri: str, experiment_id: str) -> Iterator[None]:
-    """Point MLflow's fluent API (which log_model and the registry use) at the search's store and
-    experiment (log_model files its LoggedModel under the active experiment, not the run's), then
-    put back MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_ID: MLflow sets them for subprocesses, and
-    left set they would send every later `autotrick` started from this process to this store."""
-    import mlflow
-
-    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment_id=experiment_id)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None: back to the default
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _linked_metric(metric: Metric, *, model_id: str | None, dataset: Any) -> Metric:

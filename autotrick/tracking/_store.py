@@ -216,3 +216,26 @@ def search_names(client: MlflowClient) -> str:
     names = [e.name for e in client.search_experiments() if e.name != "Default"]
     return ", ".join(sorted(names)) or "none"
 
+
+@contextlib.contextmanager
+def fluent_api_on(tracking_uri: str, experiment_id: str | None = None) -> Iterator[None]:
+    """Point MLflow's fluent API (which log_model, load_model and the registry use) at `tracking_uri`
+    (and `experiment_id`: log_model files its LoggedModel under the active experiment, not the
+    run's), then put back MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_ID: MLflow exports them for
+    subprocesses, and left set they would send every later `autotrick` started from this process
+    to this store."""
+    import mlflow
+
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
+    mlflow.set_tracking_uri(tracking_uri)
+    if experiment_id is not None:
+        mlflow.set_experiment(experiment_id=experiment_id)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None: back to the default
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

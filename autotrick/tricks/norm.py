@@ -6,6 +6,8 @@ Seen as (N, C, *positions) (a channels-last input (N, *positions, C) is read tha
 differ in what mean and var are taken over:
 batch:    N and the positions, per channel (running averages at eval): BatchNorm1d/2d/3d(C); on
           channels-last input, BatchNorm1d over (N, C, P).
+batch_renorm: batch, corrected toward the running statistics (tricks/batch_renorm.py), where
+          batch would go.
 group:    C/G channels and the positions, per sample: GroupNorm(G, C); G must divide C, else the
           largest divisor of C below it.
 layer:    a per-position norm (LayerNorm, RMSNorm, ConvNeXt's channel-first LayerNorm2d) becomes
@@ -52,8 +54,9 @@ from torch import Tensor, nn
 
 from autotrick.errors import TrickNote
 from autotrick.params import Param, Trick, When
+from autotrick.tricks.batch_renorm import BATCH_RENORM
 
-NORM_TYPES = ("keep", "batch", "group", "layer", "instance", "none")
+NORM_TYPES = ("keep", "batch", "group", "layer", "instance", "none", "batch_renorm")
 RECOGNIZED = ("BatchNorm1d/2d/3d, SyncBatchNorm, GroupNorm, InstanceNorm1d/2d/3d, LayerNorm, RMSNorm and "
               "their subclasses (torchvision LayerNorm2d; timm LayerNorm2d, GroupNorm1 and the fused "
               "norm-activation layers BatchNormAct2d, GroupNormAct, LayerNormAct2d, ..., whose activation "
@@ -61,7 +64,7 @@ RECOGNIZED = ("BatchNorm1d/2d/3d, SyncBatchNorm, GroupNorm, InstanceNorm1d/2d/3d
 
 NORM = Trick(
     name="norm",
-    summary="swap every norm layer: batch | group (G groups) | layer | instance | none",
+    summary="swap every norm layer: batch | group (G groups) | layer | instance | none | batch_renorm",
     params=(
         Param("type", "choice", "keep",
               f"norm layer to use everywhere; keep leaves the model's own. Swaps {RECOGNIZED}", choices=NORM_TYPES),
@@ -262,12 +265,15 @@ def _build(site: Site, kind: str, groups: int, eps: float) -> nn.Module:
         if kind == "layer":
             return nn.LayerNorm(site.last_dims, eps=eps)
         inner = {"batch": lambda: nn.BatchNorm1d(c, eps=eps),
+                 "batch_renorm": lambda: BATCH_RENORM[1](c, eps=eps),
                  "group": lambda: nn.GroupNorm(num_groups(c, groups), c, eps=eps),
                  "instance": lambda: nn.InstanceNorm1d(c, eps=eps, affine=True)}[kind]()
         return ChannelsLastNorm(inner, c)
     positions = site.positions
     if kind == "batch":  # BatchNorm1d takes both (N, C) and (N, C, L)
         return _BATCH[positions or 1](c, eps=eps)
+    if kind == "batch_renorm":
+        return BATCH_RENORM[positions or 1](c, eps=eps)
     if kind == "group":
         return nn.GroupNorm(num_groups(c, groups), c, eps=eps)
     if kind == "layer":

@@ -64,9 +64,14 @@ def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, name: str, warmup
     return min_lr_ratio + (1 - min_lr_ratio) * decay
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int,
+def build_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int, start_step: int = 0,
                     **schedule_values: Any) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR over the optimizer's lrs (taken as the peak); call `.step()` after every
-    `optimizer.step()`, so that step k runs at peak * lr_factor(k)."""
+    `optimizer.step()`, so that step k runs at peak * lr_factor(k). `start_step` carries a
+    schedule on, for an optimizer that replaces one at that step (after structured pruning)."""
     factor = functools.partial(lr_factor, steps_per_epoch=steps_per_epoch, epochs=epochs, **schedule_values)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if start_step == 0:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]  # the peak, as LambdaLR keeps it
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=start_step - 1)
