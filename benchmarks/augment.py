@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -175,10 +176,13 @@ def digits_training(repeats: int, threads: int) -> dict[str, object]:
 
 def digits_batch_times(threads: int, repeats: int = 300) -> dict[str, object]:
     """The fastest of `repeats` runs of one digits training step (batch 64, the trainer's cnn, no
-    policy) and of each policy on the same batch: on a busy machine the fastest run is the least
-    disturbed one, so step / (step + policy) estimates the ratio to none that a quiet machine gets."""
+    policy) and of each policy on the epoch's block of images as the trainer augments it (the
+    whole training split: trainer.AUGMENT_BLOCK_BYTES), per batch: on a busy machine the fastest
+    run is the least disturbed one, so step / (step + policy) estimates the ratio to none that a
+    quiet machine gets. Also the policy on one batch of 64, what a block saves."""
     from autotrick.apply import apply_tricks
-    from autotrick.data import basic_augment, load_data, normalize
+    from autotrick.augment import basic_augment, normalize
+    from autotrick.data import load_data
     from autotrick.models import build_model
 
     torch.set_num_threads(threads)
@@ -195,7 +199,7 @@ def digits_batch_times(threads: int, repeats: int = 300) -> dict[str, object]:
         x, targets = setup.mix(normalize(x, data.mean, data.std), setup.targets(data.train_y[index]))
         setup.step(setup.loss(setup.model(x.contiguous(memory_format=torch.channels_last)), targets))
 
-    def fastest(run: Callable[[], object]) -> float:
+    def fastest(run: Callable[[], object], repeats: int = repeats) -> float:
         run()
         best = float("inf")
         for _ in range(repeats):
@@ -206,11 +210,16 @@ def digits_batch_times(threads: int, repeats: int = 300) -> dict[str, object]:
 
     step_ms = fastest(step)
     result: dict[str, object] = {"training_step_ms": round(step_ms, 3)}
-    images = data.train_x[index]
+    images, block = data.train_x[index], data.train_x
+    batches_per_block = math.ceil(len(block) / len(images))
     for name in POLICIES:
         policy, generator = autotrick_policy(name), torch.Generator().manual_seed(0)
-        policy_ms = fastest(lambda p=policy, g=generator: p(images, g))
-        result[name] = {"policy_ms": round(policy_ms, 3), "ratio_estimate": round(step_ms / (step_ms + policy_ms), 3)}
+        batch_ms = fastest(lambda p=policy, g=generator: p(images, g))
+        block_ms = fastest(lambda p=policy, g=generator: p(block, g), repeats=max(1, repeats // 10))
+        policy_ms = block_ms / batches_per_block
+        result[name] = {"policy_ms_per_batch_in_block": round(policy_ms, 3),
+                        "policy_ms_on_one_batch": round(batch_ms, 3),
+                        "ratio_estimate": round(step_ms / (step_ms + policy_ms), 3)}
     return result
 
 

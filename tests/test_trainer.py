@@ -178,3 +178,32 @@ def test_a_cuda_epoch_runs_without_a_host_sync(precision: str) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert seen == 2048 and math.isfinite(float(total))
+
+
+@pytest.mark.parametrize(("data", "calls"), [("digits", 1), ("synthetic:cifar10:1024", 4)])
+def test_small_images_are_augmented_a_block_at_a_time_and_stay_with_their_labels(data: str, calls: int) -> None:
+    """A digits epoch (23 batches of 64 images of 64 bytes) goes through the policy in one call; a
+    CIFAR batch of 256 (768 KB) in a call of its own. Each batch keeps its own images and labels."""
+    from autotrick.apply import apply_tricks
+    from autotrick.data import open_feed
+    from autotrick.models import build_model
+    from autotrick.trainer import _augmented
+
+    feed = open_feed(data, None, device=torch.device("cpu"), mode="memory")
+    feed = replace(feed, data=replace(feed.data, crop_padding=0, flip=False))  # the policy only
+    c, (h, w) = feed.size.in_channels, feed.size.image_size
+    model = build_model("cnn", num_classes=10, in_channels=c, image_size=(h, w))
+    setup = apply_tricks(resolve_values({}, "test"), model, num_classes=10, steps_per_epoch=1, epochs=1)
+    seen: list[int] = []
+
+    def policy(images: torch.Tensor) -> torch.Tensor:  # counts its calls, changes nothing
+        seen.append(len(images))
+        return images.clone()
+
+    setup.augment = policy  # type: ignore[method-assign]
+    order = torch.randperm(feed.size.train_count)
+    batch_size = 64 if data == "digits" else 256
+    pairs = list(zip(feed.train_batches(order, batch_size), _augmented(feed.train_batches(order, batch_size),
+                                                                       setup, feed), strict=True))
+    assert len(seen) == calls and sum(seen) == feed.size.train_count
+    assert all(torch.equal(x, images) and torch.equal(y, labels) for (images, labels), (x, y) in pairs)
