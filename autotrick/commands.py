@@ -471,7 +471,10 @@ def _summary(result: SearchResult, output: Path | None, parent_run_id: str | Non
     if output is not None:
         lines.append(f"recipe written to {output}; re-run it with `autotrick train --recipe {output}`")
     if parent_run_id:
-        flag = f" --tracking-uri {tracking_uri}" if tracking_uri else ""
+        from autotrick.tracking import resolve_tracking_uri
+
+        # `autotrick ui` run here finds the same store by itself unless it came from the flag
+        flag = f" --tracking-uri {tracking_uri}" if tracking_uri and tracking_uri != resolve_tracking_uri() else ""
         lines.append(f"MLflow run {parent_run_id} (see it with `autotrick ui{flag}`)")
     return "\n".join(lines)
 

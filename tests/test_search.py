@@ -32,10 +32,12 @@ def search(workdir: Path, **options: object) -> int:
 
 
 def test_quick_search_writes_a_recipe_that_beats_or_equals_the_baseline(
-        ray_address: str, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        ray_address: str, workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")
     code = search(workdir, space="quick", trials=6, max_epochs=4, name="quick6")
     out = capsys.readouterr().out
     assert code == 0, out
+    assert out.rstrip().endswith("(see it with `autotrick ui`)")  # the store `autotrick ui` finds by itself
     recipe = load_recipe(workdir / "quick6.recipe.yaml")
     provenance = recipe.provenance
     assert provenance["value"] >= provenance["baseline"]
@@ -316,6 +318,7 @@ def test_a_trial_whose_worker_dies_is_one_line_and_its_error_is_in_mlflow(ray_ad
     failed = [line for line in trial_lines if " failed " in line]
     assert len(trial_lines) == 3 and len(failed) == 1
     assert "(its worker failed: The actor died unexpectedly before finishing this task.)" in failed[0]
+    assert out.rstrip().endswith(f"(see it with `autotrick ui --tracking-uri sqlite:///{workdir}/mlflow.db`)")
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
