@@ -37,9 +37,16 @@ from pathlib import Path
 from typing import Any
 
 # Ray reads these when it is imported and when workers start: no per-trial CSV/JSON/TensorBoard
-# files (MLflow gets everything from tracking.py), no token-auth set-up for a local cluster.
+# files (MLflow gets everything from tracking.py). Token authentication: `ray start --head` turns
+# it on when a token is at hand (Ray 2.60: `ray get-auth-token --generate` keeps one in
+# ~/.ray/auth_token), but a driver sends it only with RAY_AUTH_MODE=token, read on import: with a
+# token at hand, send it (a cluster without authentication accepts it too); without one, skip the
+# token set-up of a local cluster. Where Ray looks for a token (docs, ray-security/token-auth):
+# RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "token" if os.environ.get("RAY_AUTH_TOKEN")
+                      or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                      or os.path.isfile(os.path.expanduser("~/.ray/auth_token")) else "disabled")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # autotrick resumes from its Optuna study, not from Ray's experiment state: snapshot it rarely.
@@ -429,6 +436,7 @@ _PROBE_TIMEOUT_S = 10
 _CONNECT_ENV = {"RAY_gcs_server_port_wait_time_s": "1"}
 
 
+
 def check_address(address: str) -> None:
     """A cluster address that nothing answers fails now, in one line: Ray itself would retry for
     many minutes. (A port that answers but is not Ray's fails in ray.init, bounded by
@@ -483,8 +491,11 @@ def _start_ray(options: SearchOptions) -> bool:
     except ConnectionError as error:
         if not options.address:
             raise
+        auth = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
+                "; a cluster with token authentication needs its token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
         raise ConfigError(f"--address {options.address}: no Ray cluster answered there ({first_line(error)}); "
-                          "check it with `ray status` on the head, or drop --address to start a local Ray") from None
+                          f"check it with `ray status` on the head{auth}, or drop --address to start a local Ray"
+                          ) from None
     finally:
         if sigterm is not None:  # ray.init makes SIGTERM a bare sys.exit: keep the caller's handler
             signal.signal(signal.SIGTERM, sigterm)

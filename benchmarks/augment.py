@@ -78,15 +78,20 @@ def kornia_policy(name: str) -> Callable[[Tensor], Tensor]:
     return auto.AutoAugment(name.removeprefix("autoaugment-"))
 
 
-def best_rate(run: Callable[[], object], images: int, repeats: int) -> float:
-    """Images per second of the fastest of `repeats` runs, after one warm-up run."""
+def fastest_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of `repeats` runs, after one warm-up run: on a busy machine, the least disturbed."""
     run()
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
         run()
         best = min(best, time.perf_counter() - started)
-    return round(images / best, 1)
+    return best
+
+
+def best_rate(run: Callable[[], object], images: int, repeats: int) -> float:
+    """Images per second of the fastest of `repeats` runs."""
+    return round(images / fastest_seconds(run, repeats), 1)
 
 
 def policy_speeds(sizes: list[int], batch: int, with_kornia: bool, repeats: int) -> dict[str, object]:
@@ -199,14 +204,8 @@ def digits_batch_times(threads: int, repeats: int = 300) -> dict[str, object]:
         x, targets = setup.mix(normalize(x, data.mean, data.std), setup.targets(data.train_y[index]))
         setup.step(setup.loss(setup.model(x.contiguous(memory_format=torch.channels_last)), targets))
 
-    def fastest(run: Callable[[], object], repeats: int = repeats) -> float:
-        run()
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - started)
-        return best * 1e3
+    def fastest(run: Callable[[], object], repeats: int = repeats) -> float:  # in ms
+        return fastest_seconds(run, repeats) * 1e3
 
     step_ms = fastest(step)
     result: dict[str, object] = {"training_step_ms": round(step_ms, 3)}

@@ -46,14 +46,16 @@ def _stop_processes_under(temp_dir: str) -> None:
 
 
 @contextlib.contextmanager
-def ray_head(*, num_cpus: int = 2, num_gpus: int = 0) -> Iterator[str]:
+def ray_head(*, num_cpus: int = 2, num_gpus: int = 0, env: dict[str, str] | None = None) -> Iterator[str]:
     """A `ray start --head` of its own on loopback (num_gpus on a machine without GPUs is a logical
-    resource: Ray schedules by it); yields its address and stops only its own processes."""
+    resource: Ray schedules by it), started with `env` (default: this process's); yields its
+    address and stops only its own processes."""
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     subprocess.run([_ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                     f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
-                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, timeout=180)
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, timeout=180,
+                   env=env)
     try:
         yield f"127.0.0.1:{port}"
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import ray_head
 
 from autotrick.commands import SearchRequest, run_search_command
 from autotrick.search import records_from_study
@@ -288,6 +289,25 @@ def test_an_address_that_answers_but_is_not_ray_fails_within_30_s(workdir: Path)
     assert seconds < 60, seconds  # measured 26-28 s on the loaded 2-core machine: 21 s in ray.init
     [parent] = parents(workdir, "nowhere")
     assert parent.info.status == "FAILED" and "no Ray cluster answered" in parent.data.tags["autotrick.reason"]
+
+
+def test_a_cluster_with_token_authentication_is_reached_with_its_token(workdir: Path) -> None:
+    """With a token in ~/.ray/auth_token (`ray get-auth-token --generate`), `ray start --head`
+    turns token authentication on, but Ray's driver sends the token only with RAY_AUTH_MODE=token,
+    which a user need not set: a search by --address finds the token where Ray keeps it (before,
+    it failed with "no Ray cluster answered there")."""
+    home = workdir / "home"
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")} | {"HOME": str(home)}
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    with ray_head(num_cpus=1, env=env) as address:
+        done = subprocess.run([sys.executable, "-m", "autotrick", "search", "--address", address, "--name", "authed",
+                               "--trials", "2", "--max-epochs", "1", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"],
+                              cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sum(line.startswith("trial ") for line in done.stdout.splitlines()) == 2
+    assert len(records_from_study(study_of(workdir, "authed"))) == 2
 
 
 DYING_MODEL = """
