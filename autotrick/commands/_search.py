@@ -1,4 +1,5 @@
-"""What the CLI commands do and print, kept apart from argument parsing (cli.py)."""
+"""`autotrick search`: validate the request before Ray or MLflow start, own the search's folder,
+run it, and print a line per trial and the summary."""
 
 from __future__ import annotations
 
@@ -12,117 +13,13 @@ from typing import Any
 
 import click
 
-from autotrick.atomic import write_text_atomically
+from autotrick.commands._format import measurements_text, tricks_text
+from autotrick.commands._inputs import check_model_and_data, resolve_model_files
 from autotrick.errors import ConfigError, first_line
 from autotrick.recipe import Recipe
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord, better
 from autotrick.signals import StopSignals
-from autotrick.trainer import EpochReport, TrainConfig, run_trial
-
-
-def list_tricks() -> None:
-    from autotrick.tricks import TRICKS
-
-    for trick in TRICKS:
-        click.echo(f"{trick.name}: {trick.summary}")
-        for p in trick.params:
-            key, default = f"{trick.name}.{p.name}", "null" if p.default is None else str(p.default)
-            when = f"  (when {p.when})" if p.when else ""
-            search = "given, not searched" if p.kind == "str" else p.search
-            click.echo(f"  {key:<26} default {default:<9} search {search}{when}")
-            click.echo(f"  {'':<26} {p.help}")
-
-
-def list_spaces() -> None:
-    from autotrick.space import builtin_spaces, describe_space, load_space
-
-    for name in builtin_spaces():
-        click.echo(f"{name:<14} {describe_space(load_space(name))}")
-
-
-def format_epoch(r: EpochReport) -> str:
-    return (f"epoch {r.epoch:>3}  train_loss {r.train_loss:.4f}  val_loss {r.val_loss:.4f}  "
-            f"val_acc {r.val_accuracy:.4f}  lr {r.lr:.4g}  {r.seconds:.2f}s  {r.images_per_s:,.0f} img/s")
-
-
-def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed: int, device: str,
-              epochs: int | None, batch_size: int | None, recipe_ref: str | None,
-              sets: Mapping[str, Any], data_mode: str = "auto", weights: str | None = None) -> None:
-    """Validate everything, then train once and print one line per epoch and a summary."""
-    from autotrick.data import check_data_mode, plan_data
-    from autotrick.device import resolve_device
-    from autotrick.space import resolve_values
-
-    device, data_mode = resolve_device(device), check_data_mode(data_mode)
-
-    given: dict[str, Any] = {}
-    settings: dict[str, Any] = {}
-    if recipe_ref:
-        from autotrick.tracking import load_recipe
-
-        recipe = load_recipe(recipe_ref)
-        given.update(recipe.tricks)
-        settings = recipe.training
-    given.update(sets)
-    values = resolve_values(given, "--set" if not recipe_ref else "recipe")
-    config = TrainConfig(
-        model=model or settings.get("model") or "cnn", data=data or settings.get("data") or "digits",
-        data_dir=data_dir, epochs=epochs or settings.get("epochs") or 15,
-        batch_size=batch_size or settings.get("batch_size") or 64,
-        seed=seed if not recipe_ref or seed else settings.get("seed", seed), device=device)
-    if device == "cpu":  # re-running a recipe's own trial: its thread count, for the same numbers
-        same_trial = (config.model, config.data) == (settings.get("model"), settings.get("data"))
-        config = replace(config, threads=(settings.get("threads") if same_trial else None) or os.cpu_count())
-    # Fails here, before anything is printed or trained: a missing folder, a user function that
-    # raises; a data set too big for memory streams.
-    plan = plan_data(check_model_and_data(config.model, config.data, config.data_dir), data_mode,
-                     device=config.device)
-    config = replace(config, data_mode=plan.mode)
-    weights = weights or settings.get("weights")
-    if weights or values.get("distill.teacher"):
-        spec, weights_file, teachers = resolve_model_files(
-            model=model and config.model, default_model=config.model, data=config.data, data_dir=config.data_dir,
-            weights=weights, teacher=values.get("distill.teacher"), tracking_uri=None)
-        config = replace(config, model=spec, weights=weights_file, teachers=teachers)
-    changed = {k: v for k, v in values.items() if k in given}
-    click.echo(f"train {config.model} on {config.data}, {config.epochs} epochs, batch {config.batch_size}, "
-               f"seed {config.seed}, {config.device}, {plan.describe()}; "
-               f"tricks: {_short(changed) or 'none (the baseline)'}")
-    started = time.perf_counter()
-    result = run_trial(values, config, lambda r: click.echo(format_epoch(r)), on_prepared=_print_prepared)
-    summary = (f"{result.outcome}: val_accuracy {result.val_accuracy:.4f}  val_loss {result.val_loss:.4f}  "
-               f"epochs {result.epochs_run}  training {result.train_seconds:.2f}s "
-               f"(with setup {time.perf_counter() - started:.2f}s)")
-    if result.measurements:
-        summary += "  " + _measured(result.measurements)
-    click.echo(summary + (f"  ({result.reason})" if result.reason else ""))
-    if result.outcome.failed:
-        raise SystemExit(1)
-
-
-def _print_prepared(notes: list[str], warning: str) -> None:
-    """What the model-side tricks did, and the model check's warning, before the first epoch."""
-    for note in notes:
-        click.echo(f"note: {note}")
-    if warning:
-        click.echo(f"warning: {warning}")
-
-
-def _short(values: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
-
-
-def _measured(measurements: Mapping[str, float]) -> str:
-    """sparsity 0.6  nonzero_params 34,522: counts in full, shares to 4 digits."""
-    return "  ".join(f"{key} {value:,.0f}" if float(value).is_integer() and abs(value) >= 1000 else f"{key} {value:.4g}"
-                     for key, value in measurements.items())
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-# --------------------------------------------------------------------------- search
+from autotrick.trainer import TrainConfig
 
 DEFAULT_SPACE = "quick"
 
@@ -238,60 +135,6 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                         seed=seed, output=str(output), tracking_uri=tracking_uri,
                         data_mode=data_mode)
     return _Prepared(options, output, effective, space_yaml)
-
-
-def resolve_model_files(*, model: str | None, default_model: str, data: str, data_dir: str | None,
-                        weights: str | None, teacher: Any, tracking_uri: str | None,
-                        ) -> tuple[str, str | None, tuple[tuple[str, str], ...]]:
-    """--weights and distill.teacher as absolute local files, since trials run in other folders:
-    a file as given, an MLflow model fetched as a checkpoint. Each is loaded here once, so that one
-    that does not fit the model or the data fails now, in one line. Returns the model spec (a
-    checkpoint given as --weights names its own; `model`, if given, must agree), the weights file
-    and the teacher's (reference, file)."""
-    import torch
-
-    from autotrick.checkpoint import build_initial_model, is_mlflow_ref, load_teacher, read_model_file
-    from autotrick.data import describe_data
-    from autotrick.state import FETCHED_MODELS
-
-    images = describe_data(data, data_dir)  # the shape and classes, without loading a data set to stream
-    shape = (images.in_channels, *images.image_size)
-
-    def local_file(ref: str) -> str:
-        if is_mlflow_ref(ref):
-            from autotrick.tracking import fetch_checkpoint
-
-            return str(fetch_checkpoint(ref, FETCHED_MODELS.resolve(), input_shape=shape, tracking_uri=tracking_uri))
-        return str(Path(ref).expanduser().resolve())
-
-    spec, weights_file = model or default_model, local_file(weights) if weights else None
-    if weights_file is not None:
-        named = read_model_file(weights_file, "--weights").spec
-        if named is not None and model is not None and named != model:
-            raise ConfigError(f"--weights {weights}: a checkpoint of model '{named}', not --model {model}")
-        spec = named or spec
-        build_initial_model(spec, weights=weights_file, num_classes=images.num_classes,
-                            in_channels=images.in_channels, image_size=images.image_size)
-    teachers: tuple[tuple[str, str], ...] = ()
-    if teacher is not None:
-        teachers = ((str(teacher), local_file(str(teacher))),)
-        with torch.no_grad():
-            outputs = load_teacher(str(teacher), dict(teachers))(torch.zeros(2, *shape)).shape[-1]
-        if outputs != images.num_classes:
-            raise ConfigError(f"distill.teacher {teacher}: the teacher gives {outputs} classes, the data set "
-                              f"'{data}' has {images.num_classes}; expected a teacher trained on the same classes")
-    return spec, weights_file, teachers
-
-
-def check_model_and_data(model: str, data: str, data_dir: str | None) -> Any:
-    """Fail early, in the driver, on a model or data set that cannot be built or found; returns
-    the data set's DataSize (told without decoding it where it may not fit in memory)."""
-    from autotrick.data import describe_data
-    from autotrick.models import build_model
-
-    size = describe_data(data, data_dir)
-    build_model(model, num_classes=size.num_classes, in_channels=size.in_channels, image_size=size.image_size)
-    return size
 
 
 def gpus_per_trial(value: float | str | None, *, address: str | None) -> float | None:
@@ -465,9 +308,9 @@ def _summary(result: SearchResult, output: Path | None, parent_run_id: str | Non
     if baseline is not None and baseline.metric is not None:
         gain = f" vs baseline {baseline.metric:.4f} ({best.metric - baseline.metric:+.4f})"
     lines.append(f"best {metric} {best.metric:.4f} (trial {best.number}){gain}")
-    lines.append(f"best tricks: {_short(_changed(best.values)) or 'none: the baseline won'}")
+    lines.append(f"best tricks: {tricks_text(_changed(best.values)) or 'none: the baseline won'}")
     if best.measurements:
-        lines.append("best measured: " + _measured(best.measurements))
+        lines.append("best measured: " + measurements_text(best.measurements))
     if output is not None:
         lines.append(f"recipe written to {output}; re-run it with `autotrick train --recipe {output}`")
     if parent_run_id:
@@ -524,7 +367,7 @@ class _ProgressPrinter:
             self.best = record.metric
         metric = f"{record.metric:.4f}" if record.metric is not None else "  -   "
         best = f"{self.best:.4f}" if self.best is not None else "  -   "
-        tricks = "baseline (no tricks)" if record.baseline else _short(_changed(record.values))
+        tricks = "baseline (no tricks)" if record.baseline else tricks_text(_changed(record.values))
         why = f" ({record.reason})" if record.reason else ""  # a failure's cause, or the model check's warning
         click.echo(f"trial {self.done:>3}/{self.trials}  #{record.number:<3} {self.metric} {metric}  "
                    f"{record.epochs:>3} ep  {record.outcome:<16} best {best}  {tricks}{why}")
@@ -550,65 +393,3 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
-
-
-# --------------------------------------------------------------------------- recipes and the UI
-
-def export_recipe(*, search_name: str | None, run_id: str | None, output: str, tracking_uri: str | None) -> None:
-    from autotrick.recipe import parse_recipe
-    from autotrick.tracking import export_recipe_text
-
-    if bool(search_name) == bool(run_id):
-        raise ConfigError("export: give exactly one of --name SEARCH or --run RUN_ID")
-    if not Path(output).parent.is_dir():
-        raise ConfigError(f"--output {output}: the folder {Path(output).parent} does not exist")
-    text = export_recipe_text(search_name=search_name, run_id=run_id, tracking_uri=tracking_uri)
-    parse_recipe(text, search_name or run_id or "")  # never write a recipe that would not load
-    write_text_atomically(output, text)
-    click.echo(f"recipe written to {output}")
-
-
-def show_recipe(ref: str, *, tracking_uri: str | None) -> None:
-    """The recipe as a table: each trick parameter that differs from the baseline, then the rest."""
-    from autotrick.tracking import load_recipe
-    from autotrick.tricks import defaults
-
-    recipe = load_recipe(ref, tracking_uri=tracking_uri)
-    provenance, baseline = recipe.provenance, defaults()
-    metric = provenance.get("metric", "metric")
-    value, base = provenance.get("value"), provenance.get("baseline")
-    click.echo(f"recipe {ref}" + (f" (search '{provenance['search']}', trial {provenance.get('trial')})"
-                                  if "search" in provenance else ""))
-    if isinstance(value, int | float):
-        gain = f", baseline {base:.4f}, gain {value - base:+.4f}" if isinstance(base, int | float) else ""
-        click.echo(f"{metric} {value:.4f}{gain}")
-    click.echo("training: " + ", ".join(f"{k} {v}" for k, v in recipe.training.items()))
-    rows = sorted(recipe.tricks.items(), key=lambda kv: (baseline.get(kv[0]) == kv[1], kv[0]))
-    click.echo(f"{'trick parameter':<28} {'value':<16} baseline")
-    for key, v in rows:
-        mark = "*" if baseline.get(key) != v else " "
-        click.echo(f"{mark} {key:<26} {_fmt(v):<16} {_fmt(baseline.get(key))}")
-    click.echo("* differs from the baseline")
-
-
-def run_ui(*, port: int, search_name: str | None, tracking_uri: str | None) -> None:
-    import signal
-
-    from autotrick.tracking import is_server, resolve_tracking_uri, serve_ui, ui_url
-
-    if is_server(resolve_tracking_uri(tracking_uri)):  # a tracking server has its UI already
-        click.echo(f"MLflow UI at {ui_url(search_name=search_name, tracking_uri=tracking_uri)}")
-        return
-    # SIGTERM (a service manager, `timeout`, `docker stop`) stops the server as Ctrl-C does.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    process = serve_ui(tracking_uri=tracking_uri, port=port)
-    click.echo(f"MLflow UI at {ui_url(search_name=search_name, tracking_uri=tracking_uri, port=port)} "
-               "(Ctrl-C to stop)")
-    try:
-        process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=30)

@@ -1,0 +1,71 @@
+"""`autotrick export`, `show` and `ui`: recipes read back from files and MLflow, and the MLflow UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from autotrick.atomic import write_text_atomically
+from autotrick.commands._format import value_text
+from autotrick.errors import ConfigError
+
+
+def export_recipe(*, search_name: str | None, run_id: str | None, output: str, tracking_uri: str | None) -> None:
+    from autotrick.recipe import parse_recipe
+    from autotrick.tracking import export_recipe_text
+
+    if bool(search_name) == bool(run_id):
+        raise ConfigError("export: give exactly one of --name SEARCH or --run RUN_ID")
+    if not Path(output).parent.is_dir():
+        raise ConfigError(f"--output {output}: the folder {Path(output).parent} does not exist")
+    text = export_recipe_text(search_name=search_name, run_id=run_id, tracking_uri=tracking_uri)
+    parse_recipe(text, search_name or run_id or "")  # never write a recipe that would not load
+    write_text_atomically(output, text)
+    click.echo(f"recipe written to {output}")
+
+
+def show_recipe(ref: str, *, tracking_uri: str | None) -> None:
+    """The recipe as a table: each trick parameter that differs from the baseline, then the rest."""
+    from autotrick.tracking import load_recipe
+    from autotrick.tricks import defaults
+
+    recipe = load_recipe(ref, tracking_uri=tracking_uri)
+    provenance, baseline = recipe.provenance, defaults()
+    metric = provenance.get("metric", "metric")
+    value, base = provenance.get("value"), provenance.get("baseline")
+    click.echo(f"recipe {ref}" + (f" (search '{provenance['search']}', trial {provenance.get('trial')})"
+                                  if "search" in provenance else ""))
+    if isinstance(value, int | float):
+        gain = f", baseline {base:.4f}, gain {value - base:+.4f}" if isinstance(base, int | float) else ""
+        click.echo(f"{metric} {value:.4f}{gain}")
+    click.echo("training: " + ", ".join(f"{k} {v}" for k, v in recipe.training.items()))
+    rows = sorted(recipe.tricks.items(), key=lambda kv: (baseline.get(kv[0]) == kv[1], kv[0]))
+    click.echo(f"{'trick parameter':<28} {'value':<16} baseline")
+    for key, v in rows:
+        mark = "*" if baseline.get(key) != v else " "
+        click.echo(f"{mark} {key:<26} {value_text(v):<16} {value_text(baseline.get(key))}")
+    click.echo("* differs from the baseline")
+
+
+def run_ui(*, port: int, search_name: str | None, tracking_uri: str | None) -> None:
+    import signal
+
+    from autotrick.tracking import is_server, resolve_tracking_uri, serve_ui, ui_url
+
+    if is_server(resolve_tracking_uri(tracking_uri)):  # a tracking server has its UI already
+        click.echo(f"MLflow UI at {ui_url(search_name=search_name, tracking_uri=tracking_uri)}")
+        return
+    # SIGTERM (a service manager, `timeout`, `docker stop`) stops the server as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    process = serve_ui(tracking_uri=tracking_uri, port=port)
+    click.echo(f"MLflow UI at {ui_url(search_name=search_name, tracking_uri=tracking_uri, port=port)} "
+               "(Ctrl-C to stop)")
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
