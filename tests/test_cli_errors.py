@@ -251,6 +251,36 @@ def test_a_store_that_is_not_mlflows_or_not_sane_is_refused_untouched(
     assert sorted(p.name for p in in_empty_dir.iterdir()) == ["mlflow.db"]
 
 
+KILLED_MID_TRANSACTION = """
+import os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size=1")  # pages spill to the file: the journal is needed to undo them
+db.execute("BEGIN")
+db.execute("CREATE TABLE scratch (x BLOB)")
+db.execute("INSERT INTO scratch SELECT randomblob(1000) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL "
+           "SELECT i + 1 FROM n WHERE i < 2000) SELECT i FROM n)")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_store_cut_mid_transaction_by_kill_9_is_rolled_back_not_refused(tmp_path: Path) -> None:
+    """kill -9 while MLflow wrote leaves a hot journal that a read-only connection may not roll
+    back: the store is whole (SQLite's journal undoes the cut transaction), so a resume must take it."""
+    from mlflow import MlflowClient
+
+    from autotrick.tracking import check_store
+    from autotrick.tracking._store import seed_sqlite_store
+
+    db, uri = tmp_path / "mlflow.db", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    seed_sqlite_store(uri)
+    MlflowClient(uri).create_experiment("kept")
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_TRANSACTION, str(db)], capture_output=True, timeout=120)
+    assert killed.returncode == -9 and (tmp_path / "mlflow.db-journal").stat().st_size > 0
+    check_store(uri)  # before: "the SQLite database is damaged (attempt to write a readonly database)"
+    assert not (tmp_path / "mlflow.db-journal").exists()
+    assert MlflowClient(uri).get_experiment_by_name("kept") is not None
+
+
 @pytest.mark.parametrize("command", ["search", "show"])
 def test_an_unreachable_tracking_server_is_refused_fast(command: str, in_empty_dir: Path) -> None:
     from conftest import free_port

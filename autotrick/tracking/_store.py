@@ -170,14 +170,7 @@ def _check_sqlite_store(uri: str, path: Path) -> None:
         if file.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
             raise ConfigError(f"{refuse} is not an SQLite database, so not an MLflow store; pass another "
                               "--tracking-uri, or move the file away")
-    tables: set[str] = set()
-    try:  # read-only: never create or change anything here
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            # quick_check reads every page (0.4 s for 80 MB): a store damaged anywhere is said now.
-            check = str(db.execute("PRAGMA quick_check").fetchone()[0]) if tables else "ok"
-    except sqlite3.DatabaseError as error:
-        check = str(error)
+    tables, check = _read_store(path)
     if tables and not tables >= _MLFLOW_TABLES:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise ConfigError(f"{refuse} is another application's SQLite database (tables: {shown}), not an MLflow "
@@ -185,6 +178,30 @@ def _check_sqlite_store(uri: str, path: Path) -> None:
     if check != "ok":
         raise ConfigError(f"{refuse}: the SQLite database is damaged ({' '.join(check.split())}); restore the "
                           "MLflow store from a backup, or pass another --tracking-uri")
+
+
+def _read_store(path: Path) -> tuple[set[str], str]:
+    """The database's tables and its quick_check verdict (or the error that stopped the reading).
+    Read-only, never creating or changing anything, but for one case: a process killed in the
+    middle of a transaction (kill -9 while MLflow wrote) leaves a hot journal, which SQLite rolls
+    back on the first read, and only a writable connection may (MLflow's own would, first thing)."""
+    try:
+        try:
+            return _tables_and_check(path, "ro")
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_READONLY_ROLLBACK:
+                raise
+            return _tables_and_check(path, "rw")
+    except sqlite3.DatabaseError as error:
+        return set(), str(error)
+
+
+def _tables_and_check(path: Path, mode: str) -> tuple[set[str], str]:
+    """The database's tables and its quick_check verdict, opened in `mode` (ro or rw: never created)."""
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True)) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        # quick_check reads every page (0.4 s for 80 MB): a store damaged anywhere is said now.
+        return tables, str(db.execute("PRAGMA quick_check").fetchone()[0]) if tables else "ok"
 
 
 def _check_server(uri: str) -> None:
