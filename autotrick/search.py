@@ -5,8 +5,8 @@ pyproject.toml).
 What is added to the glue a user writes by hand, and why:
 - warm workers: actors are reused between trials (`reuse_actors`) and each worker process imports
   torch and loads the data set once, in a setup hook, instead of once per trial;
-- the Optuna study lives in a journal file beside the search, and every trial is told to it with
-  its outcome through Optuna's ask-and-tell interface (a NaN or a failure is FAIL, an ASHA stop is
+- the Optuna study lives in a journal file beside the search (autotrick.study), and every trial is
+  told to it with its outcome through Optuna's ask-and-tell interface (a NaN or a failure is FAIL, an ASHA stop is
   PRUNED: Ray's OptunaSearch leaves a NaN trial RUNNING), so an interrupted search resumes from it
   without losing or repeating trials;
 - the first trial is the baseline (every trick off), so each search says what its tricks gained;
@@ -66,7 +66,15 @@ from autotrick.errors import ConfigError, first_line
 from autotrick.params import Fixed, Value, suggest_values
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
 from autotrick.space import SearchSpace, baseline_values
-from autotrick.state import JOURNAL_FILE
+from autotrick.study import (
+    BASELINE_KEY,
+    RECORD,
+    existing_trials,
+    open_journal,
+    records_from_study,
+    requeue_interrupted,
+    tell,
+)
 from autotrick.system_metrics import PREFIX as SYSTEM_PREFIX
 from autotrick.trainer import EpochReport, TrainConfig
 from autotrick.tricks import TRICKS
@@ -76,9 +84,6 @@ from autotrick.tricks import TRICKS
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 TRIAL_KEY = "autotrick.trial"        # config keys that are not trick values
-BASELINE_KEY = "autotrick.baseline"
-REQUEUED_FROM = "autotrick.requeued_from"
-RECORD = "autotrick.record"          # a trial's TrialRecord, kept as a user attribute of the trial
 EPOCH_METRICS = tuple(k for k in EpochReport.__dataclass_fields__ if k != "outcome")
 _PRELOAD_ENV = "AUTOTRICK_PRELOAD"   # "data|data_dir" for the worker setup hook
 TRIAL_DEVICE_ENV = "AUTOTRICK_TRIAL_DEVICE"  # overrides the trials' device (tests: cpu on a logical GPU)
@@ -245,7 +250,7 @@ class _TrickSearcher(Searcher):
         super().__init__(metric=space.budget.metric, mode=space.budget.mode)
         self._define = _DefineByRun(space)
         self._scheduler = scheduler
-        existing = _existing_trials(storage, study_name)
+        existing = existing_trials(storage, study_name)
         # A resumed study re-seeds the sampler past the trials it has, so it does not redraw them.
         sampler = optuna.samplers.TPESampler(seed=seed + existing, constant_liar=True, n_startup_trials=8)
         direction = "maximize" if space.budget.mode == "max" else "minimize"
@@ -316,68 +321,6 @@ class _TrickSearcher(Searcher):
 
 def _trick_values(config: dict[str, Any]) -> dict[str, Value]:
     return {k: v for k, v in config.items() if k not in (TRIAL_KEY, BASELINE_KEY)}
-
-
-def _existing_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
-    try:
-        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
-    except KeyError:
-        return 0
-
-
-def tell(study: optuna.Study, trial: optuna.Trial | int, record: TrialRecord) -> None:
-    """Tell Optuna how a trial ended: a success with its metric, an ASHA stop as PRUNED; diverged,
-    oom, failed or interrupted as FAIL, never left RUNNING."""
-    if record.successful:
-        study.tell(trial, record.metric, state=optuna.trial.TrialState.COMPLETE)
-    elif record.outcome is Outcome.ASHA_STOPPED and record.metric is not None:
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    else:
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-
-
-def _was_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Cut off: left RUNNING by a kill, or FAIL without a record of its own (told FAIL by an
-    earlier resume) or with a record saying it was interrupted (Ctrl-C, a signal, the time budget)."""
-    record = trial.user_attrs.get(RECORD)
-    interrupted = record is None or Outcome.parse(record["outcome"]) is Outcome.INTERRUPTED
-    return trial.state == optuna.trial.TrialState.RUNNING or (
-        trial.state == optuna.trial.TrialState.FAIL and interrupted)
-
-
-def requeue_interrupted(study: optuna.Study) -> int:
-    """Trials cut off by an earlier session: enqueue their parameters again, once, so the sampler's
-    choice is not lost and nothing runs twice. A trial left RUNNING is told FAIL first (a finished
-    trial cannot be changed, so the new trial names the old one), unless it holds its record: then
-    it ended and only the telling was cut off (a kill, or a torn journal line set aside), and it is
-    told now. Returns how many were re-queued."""
-    trials = study.get_trials(deepcopy=False)
-    requeued_already = {t.user_attrs.get(REQUEUED_FROM) for t in trials}
-    count = 0
-    for trial in trials:
-        if not _was_interrupted(trial):
-            continue
-        record = trial.user_attrs.get(RECORD)
-        if trial.state == optuna.trial.TrialState.RUNNING and record is not None:
-            ended = TrialRecord.from_dict(record)
-            if ended.outcome is not Outcome.INTERRUPTED:
-                tell(study, trial.number, ended)
-                continue
-        if trial.state == optuna.trial.TrialState.RUNNING:
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        if trial.number in requeued_already:
-            continue
-        study.enqueue_trial(trial.params, user_attrs={REQUEUED_FROM: trial.number,
-                                                      BASELINE_KEY: bool(trial.user_attrs.get(BASELINE_KEY))})
-        count += 1
-    return count
-
-
-def records_from_study(study: optuna.Study) -> list[TrialRecord]:
-    """Every trial the study holds (this session's and earlier ones'), interrupted ones left out."""
-    records = [TrialRecord.from_dict(trial.user_attrs[RECORD]) for trial in study.get_trials(deepcopy=False)
-               if RECORD in trial.user_attrs]
-    return [r for r in records if r.outcome is not Outcome.INTERRUPTED]
 
 
 class _Progress(tune.Callback):
@@ -527,7 +470,7 @@ def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[Tr
         options = _resolve_gpus(options)
         _check_gpus(options)
         options.state_dir.mkdir(parents=True, exist_ok=True)
-        storage = _journal(options)
+        storage = open_journal(options.state_dir)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         scheduler = _ASHA(time_attr="training_iteration", max_t=budget.max_epochs,
                           grace_period=budget.grace_epochs, reduction_factor=4)
@@ -556,23 +499,6 @@ def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[Tr
             timings["ray_shutdown_s"] = time.perf_counter() - shutdown_started
     timings["total_s"] = time.perf_counter() - started
     return result
-
-
-def _journal(options: SearchOptions) -> optuna.storages.JournalStorage:
-    """The study's journal (made whole beforehand by autotrick.state.SearchFolder.repair_journal)."""
-    return optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(options.state_dir / JOURNAL_FILE)))
-
-
-def finished_records(options: SearchOptions) -> list[TrialRecord]:
-    """The trials the study holds now, earlier sessions' included: for a search stopped before
-    run_search could say."""
-    if not (options.state_dir / JOURNAL_FILE).is_file():
-        return []
-    try:
-        return records_from_study(optuna.load_study(study_name=options.name, storage=_journal(options)))
-    except KeyError:  # the study was not created yet
-        return []
 
 
 def _trial_time(records: list[TrialRecord], slots: int, wall: float) -> dict[str, float]:
@@ -643,5 +569,4 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     return progress.most_at_once
 
 
-__all__ = ["SearchOptions", "check_address", "finished_records", "records_from_study", "requeue_interrupted",
-           "run_search", "tell"]
+__all__ = ["SearchOptions", "check_address", "run_search"]

@@ -23,7 +23,7 @@ from autotrick.cli import main
 from autotrick.commands import SearchRequest, run_search_command
 from autotrick.recipe import Recipe, parse_recipe
 from autotrick.records import TrialRecord
-from autotrick.search import records_from_study
+from autotrick.study import records_from_study
 from autotrick.tracking import TAG_BEST_RUN, TAG_PARENT, TAG_ROLE, TAG_TRIAL, load_recipe
 from autotrick.tricks.init import WEIGHT_LAYERS
 from autotrick.tricks.schedule import lr_factor

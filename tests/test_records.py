@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
-from autotrick.search import RECORD, REQUEUED_FROM, records_from_study, requeue_interrupted
+from autotrick.study import RECORD, REQUEUED_FROM, records_from_study, requeue_interrupted
 
 
 def test_each_outcome_knows_whether_it_succeeded_failed_and_its_mlflow_status() -> None:

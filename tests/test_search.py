@@ -15,7 +15,7 @@ import pytest
 from conftest import ray_head
 
 from autotrick.commands import SearchRequest, run_search_command
-from autotrick.search import records_from_study
+from autotrick.study import records_from_study
 from autotrick.tracking import load_recipe
 
 pytestmark = pytest.mark.slow

@@ -24,8 +24,8 @@ from autotrick.augment import normalize
 from autotrick.commands import SearchRequest, run_search_command
 from autotrick.data import load_data
 from autotrick.records import Outcome, TrialRecord
-from autotrick.search import records_from_study
 from autotrick.space import load_space
+from autotrick.study import records_from_study
 from autotrick.tracking import (
     CHAMPION,
     TAG_BASELINE,

@@ -16,8 +16,8 @@ import pytest
 
 from autotrick.errors import ConfigError
 from autotrick.records import Outcome, TrialRecord
-from autotrick.search import RECORD, records_from_study, requeue_interrupted, tell
 from autotrick.state import SearchFolder, repair_journal
+from autotrick.study import RECORD, records_from_study, requeue_interrupted, tell
 
 SPACE = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
 OUTCOMES = (Outcome.FINISHED, Outcome.ASHA_STOPPED, Outcome.DIVERGED, Outcome.FINISHED)

@@ -237,7 +237,8 @@ def _say(line: str | None) -> None:
 
 def _run(prepared: _Prepared, signals: StopSignals) -> int:
     from autotrick.data import load_data
-    from autotrick.search import finished_records, run_search
+    from autotrick.search import run_search
+    from autotrick.study import finished_records
     from autotrick.tracking import SearchTracker, resolve_tracking_uri
 
     options, output, request = prepared.options, prepared.output, prepared.request
@@ -272,7 +273,7 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
     try:
         result = run_search(options, info, on_record, before_shutdown)
     except KeyboardInterrupt:  # a signal outside Tune's loop (starting, or a second one)
-        done = len(finished_records(options))
+        done = len(finished_records(options.state_dir, options.name))
         tracker.search_ended_early("KILLED", f"interrupted by {signals.name} after {done} of {info.trials} trials")
         tracker.close()
         click.echo(f"interrupted by {signals.name} after {done} of {info.trials} trials: {resume_hint}", err=True)
