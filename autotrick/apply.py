@@ -37,7 +37,7 @@ from autotrick.tricks.clipping import CLIP, clip_gradients
 from autotrick.tricks.distill import DISTILL, as_teacher, distillation_loss
 from autotrick.tricks.dropout import DROPOUT, set_dropout
 from autotrick.tricks.early_stop import EARLY_STOP, EarlyStopper
-from autotrick.tricks.finetune import FINETUNE, backbone_parameters, classifier_name, lr_multipliers, set_frozen
+from autotrick.tricks.finetune import FINETUNE, backbone_parameters, lr_multipliers, set_frozen
 from autotrick.tricks.init import INIT, initialize
 from autotrick.tricks.loss import LOSS, class_weights, focal_loss
 from autotrick.tricks.mixing import MIX, mix_batch
@@ -57,6 +57,7 @@ from autotrick.tricks.pruning import (
 from autotrick.tricks.reparam import REPARAM, remove_reparametrizations, reparametrize
 from autotrick.tricks.schedule import SCHEDULE, build_scheduler
 from autotrick.tricks.smoothing import SMOOTHING, soft_cross_entropy, soft_targets
+from autotrick.tricks.trace import final_layers, trace
 
 # The same recipe and seed must train to the same model on any number of CPU threads: a search
 # trains each trial on cpus_per_trial threads, `autotrick train --recipe` on every core. MKL's
@@ -83,24 +84,20 @@ def prepare_model(model: nn.Module, values: Mapping[str, Value], example: Tensor
     return initialize(model, example, **INIT.kwargs(values))
 
 
-def prepare_trained(model: nn.Module, values: Mapping[str, Value], *, num_classes: int,
-                    example_inputs: Tensor) -> nn.Module:
-    """The structure of a model trained with `values`, to load its saved weights into: the
-    model-side tricks, and the channels structured pruning removed (how many depends only on the
-    ratio; `example_inputs`, a batch the model takes, traces which layers read them). The
+def prepare_trained(model: nn.Module, values: Mapping[str, Value], *, example_inputs: Tensor) -> nn.Module:
+    """The structure of a model trained with `values`, to load its saved weights into: the norms
+    and dropout as training placed them (seen, as in training, on `example_inputs`, a batch the
+    model takes), and the channels structured pruning removed (how many depends only on the
+    ratio). No initializer: the loaded weights replace whatever it would give. The
     reparametrizations are not there: a trained model is saved in plain form."""
     values = complete(values)
-    model = prepare_model(model, values)
+    model = swap_norms(model, example_inputs, **NORM.kwargs(values))
+    model = set_dropout(model, example_inputs, **DROPOUT.kwargs(values))
     prune = PRUNE.kwargs(values)
     if prune["ratio"] and prune.get("structured"):
         prune_channels(model, ratio=float(prune["ratio"]), example_inputs=example_inputs,  # type: ignore[arg-type]
-                       keep=_classifier(model, num_classes))
+                       keep=final_layers(trace(model, example_inputs)))
     return model
-
-
-def _classifier(model: nn.Module, num_classes: int) -> list[nn.Module]:
-    name = classifier_name(model, num_classes)
-    return [] if name is None else [model.get_submodule(name)]
 
 
 def _optimizer(model: nn.Module, values: Mapping[str, Value], num_classes: int) -> torch.optim.Optimizer:
@@ -251,7 +248,7 @@ class TrainingSetup:
             raise ValueError("prune.structured: pass a batch the model takes, setup.prune(example_inputs=x)")
         remove_reparametrizations(self.model)
         prune_channels(self.model, ratio=self.prune_ratio, example_inputs=example_inputs,
-                       keep=_classifier(self.model, self.num_classes))
+                       keep=final_layers(trace(self.model, example_inputs)))
         self._rebuild_optimizer()
 
     def finish_pruning(self) -> Sparsity:

@@ -90,8 +90,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> nn.Module:
     assert file.num_classes is not None and file.input_shape is not None
     channels, height, width = file.input_shape
     model = build_model(file.spec, num_classes=file.num_classes, in_channels=channels, image_size=(height, width))
-    model = prepare_trained(model, file.tricks, num_classes=file.num_classes,
-                            example_inputs=torch.zeros(2, *file.input_shape))
+    model = prepare_trained(model, file.tricks, example_inputs=torch.zeros(2, *file.input_shape))
     try:
         model.load_state_dict(file.state_dict)
     except RuntimeError as error:

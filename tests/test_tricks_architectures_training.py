@@ -84,7 +84,7 @@ def test_the_new_tricks_train_on_each_architecture(arch: str, case: str) -> None
         assert measure_sparsity(setup.model).sparsity == pytest.approx(0.5, abs=0.01)
     model = setup.export()
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
-    rebuilt = prepare_trained(copy.deepcopy(pristine(arch)), values, num_classes=10, example_inputs=x)
+    rebuilt = prepare_trained(copy.deepcopy(pristine(arch)), values, example_inputs=x)
     rebuilt.load_state_dict(model.state_dict())  # what a search saves loads into what it rebuilds
     # (equal NaNs: one step on a batch of 2 can leave a BatchNorm's running variance unusable at eval)
     torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x), equal_nan=True)

@@ -136,7 +136,7 @@ def test_a_checkpoint_rebuilds_the_trained_model(tmp_path: Path, tricks: dict) -
 
     torch.manual_seed(0)
     values = resolve_values(tricks, "test")
-    model = prepare_trained(cnn(10, 1), values, num_classes=10, example_inputs=torch.randn(2, 1, 8, 8)).eval()
+    model = prepare_trained(cnn(10, 1), values, example_inputs=torch.randn(2, 1, 8, 8)).eval()
     path = save_checkpoint(tmp_path / "teacher.pt", model, spec="cnn", tricks=values, num_classes=10,
                            input_shape=(1, 8, 8))
     loaded = load_checkpoint(path)

@@ -2,6 +2,7 @@
 keeping a pruned model pruned, against their formulas and measured, with real torch."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,7 +87,7 @@ def test_a_trial_saves_the_reparametrized_model_in_plain_form() -> None:
     assert not any(parametrize.is_parametrized(m) for m in trained[0].modules())
     from autotrick.models import cnn
 
-    prepare_trained(cnn(10, 1), values, num_classes=10,
+    prepare_trained(cnn(10, 1), values,
                     example_inputs=torch.zeros(2, 1, 8, 8)).load_state_dict(trained[0].state_dict())
 
 
@@ -258,7 +259,7 @@ def test_structured_pruning_in_training_rebuilds_the_optimizer_and_the_shape_can
     assert setup.lr == pytest.approx(lr)  # the schedule goes on from step 5
     setup.step(setup.loss(setup.model(x), setup.targets(y)))
     setup.finish_pruning()
-    rebuilt = prepare_trained(convnet(), values, num_classes=10, example_inputs=x[:2])
+    rebuilt = prepare_trained(convnet(), values, example_inputs=x[:2])
     rebuilt.load_state_dict(setup.model.state_dict())
 
 
@@ -267,3 +268,35 @@ def test_unstructured_pruning_is_untouched_by_a_reparametrization() -> None:
     remove_reparametrizations(model)
     prune_weights(model, ratio=0.5)
     assert measure_sparsity(model).sparsity == pytest.approx(0.5, abs=0.01)
+
+
+REBUILT = {  # model-side tricks whose structure depends on how the model runs, on the models that show it
+    "resnet18, zero_last_norm and dropout": ("resnet18", {"init.zero_last_norm": True, "dropout.p": 0.2}),
+    "vit, instance norm": ("vit_b_16", {"norm.type": "instance"}),
+    "squeezenet (a conv classifier), structured pruning": ("squeezenet1_1", {"prune.ratio": 0.5,
+                                                                             "prune.structured": True}),
+}
+
+
+@pytest.mark.parametrize("case", list(REBUILT))
+def test_a_checkpoint_loads_back_into_the_structure_its_tricks_gave(case: str, tmp_path: Path) -> None:
+    """The rebuild sees the model run, as training did: the norm swap and dropout place what they
+    placed, structured pruning keeps the classifier's outputs even when it is a conv, and
+    zero_last_norm (which needs the model to run) does not stop the rebuild."""
+    from autotrick.checkpoint import load_checkpoint, save_checkpoint
+    from autotrick.models import build_model
+
+    arch, tricks = REBUILT[case]
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10, in_channels=3, image_size=(32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    setup = apply_tricks(resolve_values(tricks, "test"), model, num_classes=10, steps_per_epoch=1, epochs=1,
+                         example=x)
+    if tricks.get("prune.structured"):
+        setup.prune(example_inputs=x)
+        setup.finish_pruning()
+    trained = setup.export().eval()
+    assert trained(x).shape == (2, 10)
+    path = save_checkpoint(tmp_path / "c.pt", trained, spec=arch, tricks=setup.values, num_classes=10,
+                           input_shape=(3, 32, 32))
+    torch.testing.assert_close(load_checkpoint(path)(x), trained(x))

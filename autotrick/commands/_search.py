@@ -347,8 +347,7 @@ def _best_model(options: Any, best: TrialRecord | None) -> Any:
     images = describe_data(options.train.data, options.train.data_dir)
     model = prepare_trained(build_model(options.train.model, num_classes=images.num_classes,
                                         in_channels=images.in_channels, image_size=images.image_size),
-                            best.values, num_classes=images.num_classes,
-                            example_inputs=torch.zeros(2, images.in_channels, *images.image_size))
+                            best.values, example_inputs=torch.zeros(2, images.in_channels, *images.image_size))
     model.load_state_dict(torch.load(path, map_location="cpu"))
     return model.eval()
 
