@@ -159,7 +159,8 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
             metrics[metric] = worst  # ASHA compares this number: a NaN would poison its rungs
         tune.report(metrics)
 
-    save = partial(_save_model, saved_model_path(Path(state_dir), int(config[TRIAL_KEY]))) if state_dir else None
+    save = partial(_save_model, saved_model_path(Path(state_dir), int(config[TRIAL_KEY])), train, values) \
+        if state_dir else None
     try:
         result = run_trial(values, train, report, on_trained=save)
     except Exception as exc:  # recorded as a failed trial; the search goes on
@@ -184,11 +185,15 @@ TRACEBACK = "traceback"   # a failed trial's traceback, for its MLflow run and -
 _MAX_ERROR_CHARS = 20_000
 
 
-def _save_model(path: Path, model: Any) -> None:
-    import torch
+def _save_model(path: Path, train: TrainConfig, values: dict[str, Value], model: Any) -> None:
+    """The trained model as an autotrick checkpoint: checkpoint.load_checkpoint rebuilds it."""
+    from autotrick.checkpoint import save_checkpoint
+    from autotrick.data import describe_data
 
+    size = describe_data(train.data, train.data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    save_checkpoint(path, model, spec=train.model, tricks=values, num_classes=size.num_classes,
+                    input_shape=(size.in_channels, *size.image_size))
 
 
 # --------------------------------------------------------------------------- in the driver

@@ -211,3 +211,22 @@ def test_jpeg_folders_stream_with_gpu_decoding(small_jpegs: Path) -> None:
         config = TrainConfig(model="mlp", data=spec, epochs=2, batch_size=64, device="cuda", data_mode=mode)
         accuracy[mode] = run_trial({}, config).val_accuracy
     assert accuracy["memory"] > 0.5 and abs(accuracy["stream"] - accuracy["memory"]) < 0.05, accuracy
+
+
+def test_a_streamed_search_registers_its_best_model(small_jpegs: Path, ray_address: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """--register with data that is never loaded whole: the model is registered, its input example
+    two blank images of the data's shape (it used to fail reading a validation split it never had)."""
+    import mlflow
+
+    from autotrick.commands import SearchRequest, run_search_command
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = run_search_command(SearchRequest(space="quick", model="mlp", data=f"imagefolder:{small_jpegs}",
+                                            data_mode="stream", trials=2, max_epochs=1, name="streamed",
+                                            register="streamed-mlp", tracking_uri=uri))
+    assert code == 0
+    mlflow.set_tracking_uri(uri)
+    info = mlflow.models.get_model_info("models:/streamed-mlp/1")
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, 32, 32]

@@ -268,7 +268,7 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
             click.echo(f"warning: --register {request.register}: trial {result.best.number}'s weights were "  # type: ignore[union-attr]
                        "not saved; nothing registered", err=True)
         tracker.search_finished(result, recipe, model=model, register_name=request.register,
-                                example_input=_example_input(data) if model is not None else None)
+                                example_input=_example_input(data, options) if model is not None else None)
 
     try:
         result = run_search(options, info, on_record, before_shutdown)
@@ -323,33 +323,29 @@ def _summary(result: SearchResult, output: Path | None, parent_run_id: str | Non
     return "\n".join(lines)
 
 
-def _example_input(data: Any) -> Any:
-    """Two validation images as the model takes them: the registered model's input example."""
-    from autotrick.augment import normalize
+def _example_input(data: Any, options: Any) -> Any:
+    """Two validation images as the model takes them: the registered model's input example; for
+    streamed data (never loaded whole), two blank images of its shape."""
+    import torch
 
+    from autotrick.augment import normalize
+    from autotrick.data import describe_data
+
+    if data is None:
+        size = describe_data(options.train.data, options.train.data_dir)
+        return torch.zeros(2, size.in_channels, *size.image_size)
     return normalize(data.val_x[:2], data.mean, data.std).float()
 
 
 def _best_model(options: Any, best: TrialRecord | None) -> Any:
-    """The best trial's trained weights, saved by its worker, in a model built the same way."""
-    import torch
-
-    from autotrick.apply import prepare_trained
-    from autotrick.data import describe_data
-    from autotrick.models import build_model
+    """The best trial's trained model, saved by its worker as a checkpoint, rebuilt and loaded."""
+    from autotrick.checkpoint import load_checkpoint
     from autotrick.search import saved_model_path
 
     if best is None:
         return None
     path = saved_model_path(options.state_dir, best.number)
-    if not path.exists():
-        return None
-    images = describe_data(options.train.data, options.train.data_dir)
-    model = prepare_trained(build_model(options.train.model, num_classes=images.num_classes,
-                                        in_channels=images.in_channels, image_size=images.image_size),
-                            best.values, example_inputs=torch.zeros(2, images.in_channels, *images.image_size))
-    model.load_state_dict(torch.load(path, map_location="cpu"))
-    return model.eval()
+    return load_checkpoint(path) if path.exists() else None
 
 
 class _ProgressPrinter:
