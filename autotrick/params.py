@@ -185,6 +185,10 @@ class Range:
             raise ValueError(f"step {self.step:g} must be a positive number")
         if self.step is not None and self.log:
             raise ValueError("a range cannot have both a step and log: true")
+        if self.integer and not all(float(v).is_integer() for v in (self.low, self.high, self.step or 1)):
+            step = "" if self.step is None else f", step {self.step:g}"
+            raise ValueError(f"an integer parameter takes whole numbers (got low {self.low:g}, high {self.high:g}"
+                             f"{step})")
 
     def suggest(self, trial: SuggestingTrial, key: str) -> Value:
         if self.integer:

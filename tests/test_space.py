@@ -131,6 +131,8 @@ def test_every_param_validates_its_own_default_and_its_search_domain_lies_inside
     (lambda: Range(0.0, 1.0, log=True), "a log range needs low > 0"),
     (lambda: Range(0.0, 1.0, step=-1), "step -1 must be a positive number"),
     (lambda: Range(1.0, 2.0, step=0.5, log=True), "both a step and log"),
+    (lambda: Range(1, 10, integer=True, step=0.5), "takes whole numbers (got low 1, high 10, step 0.5)"),
+    (lambda: Range(1.5, 10, integer=True), "an integer parameter takes whole numbers (got low 1.5, high 10)"),
     (lambda: Choice(()), "empty choice list"),
 ])
 def test_domains_check_themselves_when_made(make: object, message: str) -> None:
