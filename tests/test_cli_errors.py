@@ -50,13 +50,16 @@ CASES = {
     "bad name": (["search", "--name", "a b"], "--name 'a b'"),
     "bad gpus": (["search", "--gpus-per-trial", "-1"], "--gpus-per-trial -1: expected auto or a number >= 0"),
     "gpus not a number": (["search", "--gpus-per-trial", "all"], "--gpus-per-trial all: expected auto"),
+    "gpus infinite": (["search", "--gpus-per-trial", "inf"], "--gpus-per-trial inf: expected auto or a number"),
     "bad data mode": (["train", "--data-mode", "disk"], "'disk' is not one of 'auto', 'memory', 'stream'"),
     "search bad data mode": (["search", "--data-mode", "disk"], "'disk' is not one of 'auto', 'memory', 'stream'"),
     "digits cannot stream": (["search", "--data-mode", "stream"], "'digits' is only held in memory"),
     "bad device": (["train", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
     "bad synthetic": (["train", "--data", "synthetic:cifar11"], "synthetic:CxHxW:K[:N]"),
     **({} if torch.cuda.is_available() else
-       {"no cuda": (["train", "--device", "cuda"], "--device cuda: no CUDA device is visible")}),
+       {"no cuda": (["train", "--device", "cuda"], "--device cuda: no CUDA device is visible"),
+        "no gpu for a local ray": (["search", "--gpus-per-trial", "1"],
+                                   "--gpus-per-trial 1: this machine has 0 GPUs, which a local Ray gets")}),
 }
 
 

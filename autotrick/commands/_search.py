@@ -4,6 +4,7 @@ run it, and print a line per trial and the summary."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -140,19 +141,24 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
 def gpus_per_trial(value: float | str | None, *, address: str | None) -> float | None:
     """--gpus-per-trial as a number. auto (or not given): 1 when this machine has a GPU (what a local
     Ray will have), else 0; None on a cluster (--address), whose GPUs the search counts once it is
-    connected."""
-    if value is None or value == "auto":
-        if address:
-            return None
-        import torch
+    connected. A local Ray's GPUs are this machine's: more than it has is refused now, not after
+    Ray and MLflow start."""
+    if address and (value is None or value == "auto"):
+        return None
+    import torch
 
-        return 1.0 if torch.cuda.device_count() > 0 else 0.0
+    here = torch.cuda.device_count()
+    if value is None or value == "auto":
+        return 1.0 if here > 0 else 0.0
     try:
         gpus = float(value)
     except (TypeError, ValueError):
         gpus = -1.0
-    if not gpus >= 0:  # also NaN
+    if not 0 <= gpus < math.inf:  # also NaN
         raise ConfigError(f"--gpus-per-trial {value}: expected auto or a number >= 0 (0.25: 4 trials per GPU)")
+    if not address and gpus > here:
+        raise ConfigError(f"--gpus-per-trial {value}: this machine has {here} GPU{'s' * (here != 1)}, which a local "
+                          "Ray gets; give at most that, or --address a Ray cluster with GPUs")
     return gpus
 
 
