@@ -11,6 +11,7 @@ import os
 import shutil
 import sqlite3
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,11 +154,21 @@ def check_store(uri: str) -> None:
     would add its 65 tables to another application's sqlite database, and a damaged one fails
     deep inside SQLAlchemy. An absent or empty sqlite file is fine (MLflow creates its tables);
     a tracking server must answer. With sqlite3 and urllib only: MLflow takes 2 s to import."""
+    scheme = "databricks" if uri == "databricks" else urllib.parse.urlsplit(uri).scheme.partition("+")[0]
     path = sqlite_path(uri)
+    if scheme not in _SCHEMES or (scheme == "sqlite" and path is None and ":memory:" not in uri):
+        raise ConfigError(f"--tracking-uri {uri}: not an MLflow tracking URI; expected sqlite:///PATH (a file "
+                          "here), http(s)://HOST:PORT (a tracking server), file:PATH, postgresql://, mysql://, "
+                          "mssql:// or databricks")
     if path is not None:
         _check_sqlite_store(uri, path)
-    elif uri.startswith(("http://", "https://")):
+    elif scheme in ("http", "https"):
         _check_server(uri)
+
+
+# The stores MLflow's tracking client takes (postgresql+psycopg2: postgresql); a bare path, which
+# MLflow would take as a folder for its file store, must say file: (mlflow.db is a folder there)
+_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
 
 
 def _check_sqlite_store(uri: str, path: Path) -> None:
