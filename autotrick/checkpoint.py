@@ -135,5 +135,8 @@ def load_teacher(ref: str, files: Mapping[str, str] | None = None, device: torch
 
 @functools.lru_cache(maxsize=2)
 def _cached_checkpoint(path: str, version: int) -> nn.Module:
-    return load_checkpoint(path, "distill.teacher")
+    # Building the model draws from torch's generator, here on a process's first load only: off
+    # the caller's seeded sequence, or the first trial in a worker would train on other numbers.
+    with torch.random.fork_rng(devices=[]):
+        return load_checkpoint(path, "distill.teacher")
 

@@ -40,17 +40,20 @@ def small_jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_streamed_and_in_memory_runs_train_to_the_same_numbers(small_jpegs: Path) -> None:
     """Same pixels (one reader), same batches in the same order (the trainer draws the order),
-    same augmentation draws, same normalization (all 2,000 training images are under the
+    same augmentation draws and dropout masks (the loader's worker seeds leave torch's generator
+    alone), same normalization (all 2,000 training images are under the
     statistics' sample of 2,048): so the same numbers, not merely the same within seed noise.
     Tolerance 1e-6 relative on the losses (a summation order could differ in the last bits) and
     none on the accuracy."""
-    values = resolve_values({"smoothing.eps": 0.1}, "test")
+    values = resolve_values({"smoothing.eps": 0.1, "dropout.p": 0.3}, "test")
     runs = {}
-    for mode in ("stream", "memory"):
+    for mode in ("stream", "memory", "stream again"):  # again: a worker's later trial, its statistics cached
         config = TrainConfig(model="mlp", data=f"imagefolder:{small_jpegs}", epochs=2, batch_size=64, threads=1,
-                             data_mode=mode)
+                             data_mode=mode.split()[0])
         runs[mode] = run_trial(values, config)
     streamed, in_memory = runs["stream"], runs["memory"]
+    assert (runs["stream again"].val_loss, runs["stream again"].val_accuracy) == (streamed.val_loss,
+                                                                                  streamed.val_accuracy)
     assert streamed.outcome == in_memory.outcome == "finished"
     assert in_memory.val_accuracy > 0.5  # learnt: chance is 0.1
     assert streamed.val_accuracy == in_memory.val_accuracy

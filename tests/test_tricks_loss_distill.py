@@ -167,3 +167,17 @@ def test_a_trial_distils_from_a_checkpoint_file(tmp_path: Path) -> None:
     values = resolve_values({"distill.teacher": str(path), "distill.temperature": 4.0}, "test")
     result = run_trial(values, TrainConfig(model="mlp", epochs=2, batch_size=128, threads=1))
     assert result.outcome == "finished" and result.val_accuracy > 0.5
+
+
+def test_loading_a_teacher_leaves_the_trials_random_numbers_alone(tmp_path: Path) -> None:
+    """A worker builds a teacher once and caches it: its first trial and its later ones train to
+    the same numbers (dropout draws from the seeded generator after the teacher is loaded)."""
+    from autotrick.models import cnn
+
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "fresh.pt", prepare_model(cnn(10, 1), {}), spec="cnn", tricks={},
+                           num_classes=10, input_shape=(1, 8, 8))
+    values = resolve_values({"distill.teacher": str(path), "dropout.p": 0.3}, "test")
+    config = TrainConfig(model="mlp", epochs=1, batch_size=128, threads=1)
+    first, second = run_trial(values, config), run_trial(values, config)
+    assert (first.val_loss, first.val_accuracy) == (second.val_loss, second.val_accuracy)

@@ -118,7 +118,9 @@ class StreamFeed:
         self.size, self.device, self.gpu_decode = size, device, gpu_decode
         self.crop_padding, self.flip = 0, False  # as the in-memory image folders and user data sets
         self._batches = _Batches()
+        # generator: the workers' seeds come from it, not from torch's global one, which the trial seeded
         self.loader = DataLoader(dataset, batch_sampler=self._batches, num_workers=workers,
+                                 generator=torch.Generator().manual_seed(0),
                                  persistent_workers=True, pin_memory=device.type == "cuda" and not gpu_decode,
                                  collate_fn=_raw_collate if gpu_decode else None)
         self.mean, self.std = _stats(size.name, self)
