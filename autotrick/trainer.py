@@ -194,8 +194,9 @@ class _Loop:
             return self._end(last, outcome, report, started)
         images, _ = next(iter(self.data.val_batches()))  # what inference is timed on, before and after
         batch = _layout(normalize(images[:self.config.batch_size], self.data.mean, self.data.std), self.channels_last)
-        dense = {"params_dense": sum(p.numel() for p in self.setup.model.parameters()),
-                 "inference_ms_dense": inference_ms(self.setup.model, batch)}
+        model = self.setup.export()  # plain weights, as pruning leaves them: the same model measured twice
+        dense = {"params_dense": sum(p.numel() for p in model.parameters()),
+                 "inference_ms_dense": inference_ms(model, batch)}
         self.setup.prune(example_inputs=batch[:2])
         for i in range(self.setup.finetune_epochs):
             last = self._epoch(last.epoch)  # finetune epochs are not new epochs of the budget

@@ -182,6 +182,14 @@ def test_a_gradually_pruned_trial_reports_the_target_sparsity() -> None:
     assert result.val_accuracy > 0.5
 
 
+def test_a_reparametrized_trial_measures_the_same_plain_model_before_and_after_pruning() -> None:
+    """Weight norm's g and v are folded before the dense model is counted and timed, as pruning
+    folds them: unstructured pruning zeroes weights, so the count stays the same."""
+    values = resolve_values({"reparam.type": "weight_norm", "prune.ratio": 0.5}, "test")
+    result = run_trial(values, TrainConfig(epochs=1, batch_size=128, threads=1))
+    assert result.measurements["params_dense"] == result.measurements["params"]
+
+
 # --- a pruned model stays pruned -----------------------------------------------------------------
 
 
