@@ -131,6 +131,7 @@ class TrainingSetup:
         self._l1 = float(OPTIM.kwargs(self.values)["l1"])  # type: ignore[arg-type]
         self._smoothing = SMOOTHING.kwargs(self.values)
         self._clip = CLIP.kwargs(self.values)
+        self._mix = MIX.kwargs(self.values)
         self._prune = PRUNE.kwargs(self.values)
         self._loss = LOSS.kwargs(self.values)
         self._class_weights: Tensor | None = None
@@ -157,7 +158,7 @@ class TrainingSetup:
         return self.train_transform(images, self.generator)
 
     def mix(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        return mix_batch(x, targets, generator=self.generator, **MIX.kwargs(self.values))
+        return mix_batch(x, targets, generator=self.generator, **self._mix)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.precision, self.device)

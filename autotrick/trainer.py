@@ -302,6 +302,8 @@ def _augmented(batches: Iterable[tuple[Tensor, Tensor]], setup: TrainingSetup,
 
 def _augment_block(block: list[tuple[Tensor, Tensor]], setup: TrainingSetup,
                    data: Feed) -> Iterator[tuple[Tensor, Tensor]]:
+    if setup.train_transform is None and not data.crop_padding and not data.flip:
+        return iter(block)  # nothing to augment: no need to join the batches
     images = torch.cat([b for b, _ in block]) if len(block) > 1 else block[0][0]
     x = setup.augment(basic_augment(images, crop_padding=data.crop_padding, flip=data.flip,
                                     generator=setup.generator))

@@ -196,11 +196,11 @@ def test_small_images_are_augmented_a_block_at_a_time_and_stay_with_their_labels
     setup = apply_tricks(resolve_values({}, "test"), model, num_classes=10, steps_per_epoch=1, epochs=1)
     seen: list[int] = []
 
-    def policy(images: torch.Tensor) -> torch.Tensor:  # counts its calls, changes nothing
+    def policy(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:  # counts its calls, changes nothing
         seen.append(len(images))
         return images.clone()
 
-    setup.augment = policy  # type: ignore[method-assign]
+    setup.train_transform = policy  # type: ignore[assignment]
     order = torch.randperm(feed.size.train_count)
     batch_size = 64 if data == "digits" else 256
     pairs = list(zip(feed.train_batches(order, batch_size), _augmented(feed.train_batches(order, batch_size),
