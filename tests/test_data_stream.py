@@ -233,3 +233,25 @@ def test_a_streamed_search_registers_its_best_model(small_jpegs: Path, ray_addre
     mlflow.set_tracking_uri(uri)
     info = mlflow.models.get_model_info("models:/streamed-mlp/1")
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, 32, 32]
+
+
+def test_a_lazy_dataset_has_the_class_count_it_tells_in_memory_and_streamed(small_jpegs: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset whose `classes` name more classes than its labels use (a class with no image yet):
+    one head for both modes, as its `classes` say."""
+    from autotrick.data import load_data
+
+    (tmp_path / "lazy_extra.py").write_text(LAZY_DATA.format(side=8, root=str(small_jpegs)) + '''
+
+class MoreClasses(Files):
+    def __init__(self, folder):
+        super().__init__(folder)
+        self.classes = self.classes + ["unseen"]
+
+
+def more():
+    return MoreClasses({root!r} + "/train"), MoreClasses({root!r} + "/val")
+'''.format(root=str(small_jpegs)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = "lazy_extra:more"
+    assert describe_data(spec).num_classes == load_data(spec).num_classes == 11

@@ -329,9 +329,12 @@ def user_splits(spec: str, data_dir: str | None) -> tuple[Any, Any]:
 
 
 def _from_function(spec: str, data_dir: str | None) -> ImageData:
+    splits = user_splits(spec, data_dir)
     (train_x, train_y), (val_x, val_y) = (_materialize(split, spec, which) for split, which
-                                          in zip(user_splits(spec, data_dir), ("train", "val"), strict=True))
-    return _image_data(spec, train_x, train_y, val_x, val_y, crop_padding=0, flip=False)
+                                          in zip(splits, ("train", "val"), strict=True))
+    # the class count a stream of the same data set gets (its `classes`), so both modes build one head
+    return _image_data(spec, train_x, train_y, val_x, val_y, crop_padding=0, flip=False,
+                       num_classes=lazy_class_count(*splits))
 
 
 def _is_lazy(split: Any) -> bool:
