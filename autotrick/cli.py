@@ -95,6 +95,11 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
     return values
 
 
+def _tracking_uri_option(f: Any) -> Any:
+    return click.option("--tracking-uri", default=None,
+                        help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")(f)
+
+
 _data_mode_option = click.option(
     "--data-mode", default="auto", show_default=True, type=click.Choice(["auto", "memory", "stream"]),
     help="hold the data set in memory, or stream it from disk; auto: stream what does not fit")
@@ -179,7 +184,7 @@ def spaces() -> None:
                    "--trials, --time-budget, --concurrency, --address, --num-cpus, --output, --register, "
                    "--data-mode and -v may differ")
 @click.option("--output", "-o", default=None, help="where to write the best recipe (default NAME.recipe.yaml)")
-@click.option("--tracking-uri", default=None, help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+@_tracking_uri_option
 @click.option("--register", default=None, metavar="NAME", help="register the best model in MLflow as NAME")
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
 @_data_mode_option
@@ -192,11 +197,6 @@ def search(**options: Any) -> None:
     from autotrick.commands import SearchRequest, run_search_command
 
     sys.exit(run_search_command(SearchRequest(**options)))
-
-
-def _tracking_uri_option(f: Any) -> Any:
-    return click.option("--tracking-uri", default=None,
-                        help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")(f)
 
 
 @cli.command()

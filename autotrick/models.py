@@ -152,9 +152,8 @@ def _timm_model(name: str, num_classes: int, in_channels: int, image_size: tuple
             model.eval()(torch.zeros(1, in_channels, *image_size))
         return model.train()
     except Exception as error:  # e.g. a patch larger than the image, a window that does not divide it
-        message = " ".join(str(error).split())
         raise ConfigError(f"model 'timm:{name}' cannot be built for {in_channels}x{image_size[0]}x{image_size[1]} "
-                          f"images: {type(error).__name__}: {message}") from error
+                          f"images: {first_line(error)}") from error
 
 
 def _adapt_first_conv(model: nn.Module, name: str, in_channels: int) -> None:

@@ -288,7 +288,7 @@ def read_image_file(path: str, size: int, name: str) -> np.ndarray:
     and the streamed path read files with this, so they see the same pixels."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+            return np.array(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))  # writable
     except OSError as error:
         raise DataError(f"{name}: cannot read image {path}: {error}") from error
 
