@@ -33,6 +33,7 @@ from autotrick.tracking import (
     TAG_NOTE,
     TAG_OUTCOME,
     TAG_PARENT,
+    TAG_REASON,
     TAG_TRIAL,
     SearchTracker,
     export_recipe_text,
@@ -466,3 +467,24 @@ def test_a_broken_store_warns_instead_of_failing(tmp_path: Path) -> None:
     with pytest.warns(RuntimeWarning, match="MLflow logging to nosuchscheme://.* failed"):
         tracker.close()
     assert tracker.parent_run_id is None
+
+
+def test_a_store_failing_as_the_parent_run_is_described_ends_it_failed(empty_store: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer drops its jobs once the search's log could not start, the final one included:
+    the parent run it had created must not stay RUNNING (e.g. "database is locked" mid-way)."""
+    from autotrick.tracking import _runs
+
+    def locked(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("database is locked")
+
+    uri = copy_store(empty_store, tmp_path)
+    monkeypatch.setattr(_runs, "_log_batch", locked)
+    tracker = SearchTracker(search_info(), tracking_uri=uri)
+    tracker.search_ended_early("FAILED", "what the search said")
+    with pytest.warns(RuntimeWarning, match="database is locked"):
+        tracker.close()
+    client = MlflowClient(uri)
+    [parent] = client.search_runs([client.get_experiment_by_name(search_info().name).experiment_id])
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags[TAG_REASON] == "MLflow: RuntimeError: database is locked"

@@ -14,6 +14,7 @@ no param).
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import math
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from autotrick.errors import first_line
 from autotrick.recipe import RECIPE_FILE
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
 from autotrick.tracking._describe import (
@@ -111,10 +113,18 @@ class SearchLog:
         parent = latest_parent(self.client, self.experiment_id, info.name) if resume else None
         self.parent_id = parent.info.run_id if parent else self._create_parent()
         self.best_id = parent.data.tags.get(TAG_BEST_RUN) if parent else None
-        if parent:
-            self._resume()
-            if TAG_REASON in parent.data.tags:  # why an earlier session ended: this one goes on
-                self.client.delete_tag(self.parent_id, TAG_REASON)
+        try:
+            if parent is None:
+                self._describe_parent()
+            else:
+                self._resume()
+                if TAG_REASON in parent.data.tags:  # why an earlier session ended: this one goes on
+                    self.client.delete_tag(self.parent_id, TAG_REASON)
+        except Exception as error:  # nothing else could end the parent run: the writer drops its jobs
+            with contextlib.suppress(Exception):
+                self.client.set_tag(self.parent_id, TAG_REASON, f"MLflow: {first_line(error)}")
+                self.client.set_terminated(self.parent_id, "FAILED")
+            raise
 
     @property
     def _final_metric(self) -> str:
@@ -130,11 +140,12 @@ class SearchLog:
         note = search_note(SearchResult(info=info, records=[], interrupted=False), self._links(), running=True)
         tags = {TAG_SEARCH: info.name, TAG_ROLE: "parent", TAG_NOTE: note, **_source_tags(),
                 **{f"autotrick.version.{lib}": v for lib, v in info.versions.items()}}
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=info.name)
-        _log_batch(self.client, run.info.run_id, params=_params(info.params()))
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=info.name).info.run_id
+
+    def _describe_parent(self) -> None:
+        _log_batch(self.client, self.parent_id, params=_params(self.info.params()))
         if self.inputs:
-            self.client.log_inputs(run.info.run_id, datasets=self.inputs)
-        return run.info.run_id
+            self.client.log_inputs(self.parent_id, datasets=self.inputs)
 
     def _resume(self) -> None:
         """Reopen the parent; a child still RUNNING was cut off when the search was killed."""
