@@ -50,8 +50,9 @@ def resumed(given: Request, stored: Mapping[str, Any], name: str,
             changes[key] = was if now is None else now
             continue
         meaning = same.get(key, lambda value: value)
-        if meaning(now) != meaning(was):
-            raise ConfigError(f"{flag(key)} {now}: search '{name}' was started with {flag(key)} {was}, and a resumed "
+        if was is None or meaning(now) != meaning(was):  # None: not given when the search started
+            started = f"without {flag(key)}" if was is None else f"with {flag(key)} {was}"
+            raise ConfigError(f"{flag(key)} {now}: search '{name}' was started {started}, and a resumed "
                               f"search keeps it (only {', '.join(map(flag, RESUME_MAY_CHANGE))} may change); drop "
                               f"{flag(key)}, or start a new search with another --name")
         changes[key] = was

@@ -231,8 +231,8 @@ def _search(request: SearchRequest, signals: StopSignals, held: contextlib.ExitS
         if folder.started():  # the same search started by another process a moment ago, and ended
             raise ConfigError(f"a search named '{name}' exists in {folder.path}: add --resume to continue it, "
                               "or pick another --name")
+    _say(folder.repair_journal())  # a journal refused here leaves the stored request as it was
     folder.write_request(stored_form(prepared.request, prepared.space_yaml))
-    _say(folder.repair_journal())
     return _run(prepared, signals)
 
 
