@@ -18,6 +18,7 @@ def write_bytes_atomically(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _mode(path))  # mkstemp makes 0600 whatever the umask: keep what open() would give
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
@@ -28,3 +29,14 @@ def write_bytes_atomically(path: str | Path, data: bytes) -> Path:
             os.unlink(temporary)
         raise
     return path
+
+
+def _mode(path: Path) -> int:
+    """The target's mode if it exists, else 0666 less the umask (what open() creates)."""
+    with contextlib.suppress(FileNotFoundError):
+        return path.stat().st_mode & 0o777
+    return 0o666 & ~_UMASK
+
+
+_UMASK = os.umask(0o022)  # read once, on import: reading it means setting it, which threads would race
+os.umask(_UMASK)

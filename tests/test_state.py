@@ -148,3 +148,27 @@ def test_one_owner_per_search_and_a_dead_owners_lock_is_free(tmp_path: Path) -> 
                             f"(started {owner['started']})"
         assert json.loads((folder.path / "owner.json").read_text())["pid"] == os.getpid()
     assert not (folder.path / "owner.json").exists()  # released cleanly: nothing to take over next time
+
+
+def test_a_resume_naming_what_the_search_started_without_is_refused_in_one_line() -> None:
+    from autotrick.commands import SearchRequest
+    from autotrick.errors import ConfigError
+    from autotrick.request import resumed
+
+    with pytest.raises(ConfigError, match=r"^--weights w\.pt: search 'cut' was started without --weights, and a "):
+        resumed(SearchRequest(weights="w.pt"), {"weights": None}, "cut", same={"weights": str.upper})
+
+
+def test_files_written_whole_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    """mkstemp makes 0600 files: a recipe or an export would be private to its writer."""
+    from autotrick.atomic import write_text_atomically
+
+    umask = os.umask(0)
+    os.umask(umask)
+    created = write_text_atomically(tmp_path / "new.yaml", "a: 1\n")
+    (tmp_path / "opened.yaml").write_text("a: 1\n")
+    assert created.stat().st_mode & 0o777 == (tmp_path / "opened.yaml").stat().st_mode & 0o777 == 0o666 & ~umask
+    private = tmp_path / "private.yaml"
+    private.write_text("a: 0\n")
+    private.chmod(0o600)
+    assert (write_text_atomically(private, "a: 1\n").stat().st_mode & 0o777) == 0o600  # an existing file's stays

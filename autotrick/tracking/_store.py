@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import sqlite3
 import urllib.error
 import urllib.parse
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autotrick.atomic import write_bytes_atomically
 from autotrick.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def seed_sqlite_store(uri: str) -> None:
         fresh = cache / f"{template.name}.{os.getpid()}.tmp"
         mlflow.MlflowClient(f"sqlite:///{fresh}").search_experiments()  # runs the migrations
         os.replace(fresh, template)  # atomic: a concurrent search sees the whole file or none
-    shutil.copyfile(template, path)
+    write_bytes_atomically(path, template.read_bytes())  # a kill mid-copy leaves no torn store
 
 
 def experiment_for(client: MlflowClient, search: str, tracking_uri: str) -> str:
