@@ -100,9 +100,11 @@ def _tracking_uri_option(f: Any) -> Any:
                         help="an MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")(f)
 
 
-_data_mode_option = click.option(
-    "--data-mode", default="auto", show_default=True, type=click.Choice(["auto", "memory", "stream"]),
-    help="hold the data set in memory, or stream it from disk; auto: stream what does not fit")
+def _data_mode_option(default: str | None) -> Any:
+    """search takes None for not given: a resumed search keeps the mode it started with."""
+    return click.option("--data-mode", default=default, type=click.Choice(["auto", "memory", "stream"]),
+                        help="hold the data set in memory, or stream it from disk; auto (the default): stream "
+                             "what does not fit")
 
 
 def _train_options(f: Any) -> Any:
@@ -115,7 +117,7 @@ def _train_options(f: Any) -> Any:
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
                      help="auto: CUDA when there is a GPU"),
-        _data_mode_option,
+        _data_mode_option("auto"),
     ]):
         f = option(f)
     return f
@@ -187,7 +189,7 @@ def spaces() -> None:
 @_tracking_uri_option
 @click.option("--register", default=None, metavar="NAME", help="register the best model in MLflow as NAME")
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
-@_data_mode_option
+@_data_mode_option(None)
 @click.option("--weights", default=None, help=_WEIGHTS_HELP)
 @click.option("--verbose", "-v", is_flag=True,
               help="show Ray's own tables and logs, failed trials' tracebacks, and your own code's traceback "

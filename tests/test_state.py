@@ -172,3 +172,16 @@ def test_files_written_whole_get_the_mode_open_would_give(tmp_path: Path) -> Non
     private.write_text("a: 0\n")
     private.chmod(0o600)
     assert (write_text_atomically(private, "a: 1\n").stat().st_mode & 0o777) == 0o600  # an existing file's stays
+
+
+def test_a_resume_without_data_mode_keeps_the_mode_the_search_started_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    import autotrick.commands
+    from autotrick.cli import main
+    from autotrick.request import resumed
+
+    requests: list[object] = []
+    monkeypatch.setattr(autotrick.commands, "run_search_command", lambda request: requests.append(request) or 0)
+    with pytest.raises(SystemExit):
+        main(["search", "--name", "cut", "--resume"])
+    [request] = requests
+    assert resumed(request, {"data_mode": "stream"}, "cut", same={})[0].data_mode == "stream"  # type: ignore[arg-type]
