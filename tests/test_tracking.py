@@ -488,3 +488,12 @@ def test_a_store_failing_as_the_parent_run_is_described_ends_it_failed(empty_sto
     [parent] = client.search_runs([client.get_experiment_by_name(search_info().name).experiment_id])
     assert parent.info.status == "FAILED"
     assert parent.data.tags[TAG_REASON] == "MLflow: RuntimeError: database is locked"
+
+
+def test_the_parent_run_id_is_there_as_soon_as_it_is_asked_for(empty_store: Path, tmp_path: Path) -> None:
+    """A search that ends before the writer has made the parent run (a resume with nothing left
+    to run) still writes its id into the recipe: asking waits for it."""
+    tracker = SearchTracker(search_info(), tracking_uri=copy_store(empty_store, tmp_path))
+    run_id = tracker.parent_run_id
+    close_cleanly(tracker)
+    assert run_id is not None and MlflowClient(tracker.tracking_uri).get_run(run_id).info.run_id == run_id

@@ -37,7 +37,6 @@ TAG_BEST_RUN = "autotrick.best_run_id"
 TAG_IMPORTANCE = "autotrick.importance"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"  # the run's (or experiment's) description in the MLflow UI
-TAG_BEST_NAME = "autotrick.best_run_name"
 
 
 def resolve_tracking_uri(given: str | None = None) -> str:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from autotrick.recipe import Recipe
 
 _log = logging.getLogger(__name__)
+_START_TIMEOUT_S = 60.0
 
 
 class SearchTracker:
@@ -40,6 +41,7 @@ class SearchTracker:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self._jobs: queue.SimpleQueue[Callable[[SearchLog], None] | None] = queue.SimpleQueue()
         self._log: SearchLog | None = None
+        self._started = threading.Event()  # set once the parent run exists (or could not be made)
         self._errors: list[str] = []
         self._seconds = 0.0
         self._closed = False
@@ -49,6 +51,9 @@ class SearchTracker:
 
     @property
     def parent_run_id(self) -> str | None:
+        """The parent run's id; waits for the writer to make it (MLflow's import and the store's
+        set-up run beside the search's start, and a short search can end first)."""
+        self._started.wait(timeout=_START_TIMEOUT_S)
         return self._log.parent_id if self._log else None
 
     @property
@@ -94,7 +99,10 @@ class SearchTracker:
 
     def _write(self, resume: bool, dataset: ImageData | None) -> None:
         _lower_this_threads_priority()
-        self._log = self._timed(lambda: SearchLog(self.info, self.tracking_uri, resume, dataset))
+        try:
+            self._log = self._timed(lambda: SearchLog(self.info, self.tracking_uri, resume, dataset))
+        finally:
+            self._started.set()
         self._timed(_import_plotting)  # now, in the search's gaps, not after its last trial
         while (job := self._jobs.get()) is not None:
             if self._log is not None:  # without a parent run there is nothing to write to
