@@ -149,6 +149,18 @@ def test_the_norm_swap_builds_batch_renorm_everywhere() -> None:
     model(torch.randn(2, 3, 32, 32)).sum().backward()
 
 
+def test_batch_renorm_starts_from_the_batch_norms_it_replaces() -> None:
+    """Fine-tuning a pretrained model with norm.type=batch_renorm keeps its norms' learnt affine
+    weights and running statistics."""
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    with torch.no_grad():
+        model.bn1.weight.fill_(2.0), model.bn1.running_mean.fill_(0.5), model.bn1.running_var.fill_(3.0)
+    swapped = swap_norms(copy.deepcopy(model), type="batch_renorm")
+    assert isinstance(swapped.bn1, BatchRenorm2d)
+    for name, tensor in model.bn1.state_dict().items():
+        torch.testing.assert_close(swapped.bn1.state_dict()[name], tensor)
+
+
 # --- gradual pruning -----------------------------------------------------------------------------
 
 

@@ -292,6 +292,7 @@ def replacement(module: nn.Module, site: Site, kind: str, groups: int) -> nn.Mod
     drop and activation after it."""
     eps = getattr(module, "eps", None)
     new = _build(site, kind, groups, float(eps) if isinstance(eps, float | int) else _DEFAULT_EPS)
+    _keep_batch_statistics(module, new)
     like = _like(module)
     if like is not None:
         new = new.to(like.device, like.dtype)
@@ -299,6 +300,19 @@ def replacement(module: nn.Module, site: Site, kind: str, groups: int) -> nn.Mod
     if extras:
         new = NormAct(new, extras.get("drop", nn.Identity()), extras.get("act", nn.Identity()))
     return new
+
+
+def _keep_batch_statistics(old: nn.Module, new: nn.Module) -> None:
+    """Batch renorm is batch norm with a correction: one that replaces a batch norm of the same
+    channels starts from its affine weights and running statistics (pretrained ones, fine-tuning)."""
+    batch_norms = tuple(_BATCH.values())
+    if isinstance(old, batch_norms) and isinstance(new, batch_norms) and old.num_features == new.num_features:
+        kept = old.state_dict()
+        with torch.no_grad():
+            for name, tensor in new.state_dict().items():
+                source = kept.get(name)
+                if source is not None and source.shape == tensor.shape:
+                    tensor.copy_(source)
 
 
 def _describe(paths: list[str], limit: int = 3) -> str:
