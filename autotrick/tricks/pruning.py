@@ -145,14 +145,15 @@ def inference_ms(model: nn.Module, x: Tensor, repeats: int = 5) -> float:
     """The median wall time of a forward pass over `x`, in milliseconds, in eval mode (restored after)."""
     was_training = model.training
     model.eval()
-    model(x)  # warm-up: first-call allocations and kernel choices
     times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        model(x)
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
-        times.append(time.perf_counter() - started)
+    with torch.no_grad():  # inference: no graph kept for a backward pass
+        for i in range(repeats + 1):  # the first is a warm-up: first-call allocations and kernel choices
+            started = time.perf_counter()
+            model(x)
+            if x.is_cuda:  # the GPU's queue, drained before the clock stops
+                torch.cuda.synchronize(x.device)
+            if i:
+                times.append(time.perf_counter() - started)
     model.train(was_training)
     return 1000 * sorted(times)[len(times) // 2]
 
