@@ -16,7 +16,9 @@ from torch import nn
 
 from autotrick.params import Param, Trick, When
 from autotrick.tricks.finetune import split_by_lr
+from autotrick.tricks.init import WEIGHT_LAYERS
 from autotrick.tricks.large_batch import Lamb, Lars
+from autotrick.tricks.norm import is_norm
 
 OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop", "adagrad", "lars", "lamb")
 _SGD = When("name", ("sgd",))
@@ -42,13 +44,6 @@ OPTIM = Trick(
 )
 
 
-# Layers whose parameters are scales and shifts of a normalisation (subclasses included, e.g.
-# torchvision's LayerNorm2d); the weights that L1 penalises live in the conv and linear layers.
-_NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
-                nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.RMSNorm)
-_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
-                  nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
 # Every optimizer but SGD takes only lr here; its weight decay comes from the parameter groups.
 _ADAPTIVE: dict[str, type[torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,  # decoupled: w -= lr * wd * w, outside the adaptive step
@@ -70,7 +65,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_bias_norm: bool
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not no_decay_bias_norm and not split_bias_norm:
         return [{"params": trainable, "weight_decay": weight_decay}]
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, _NORM_LAYERS) for p in m.parameters()}
+    norm_ids = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters()}
 
     def exempt(p: nn.Parameter) -> bool:
         return p.ndim <= 1 or id(p) in norm_ids
@@ -116,5 +111,5 @@ def l1_penalty(model: nn.Module, l1: float) -> torch.Tensor | float:
     """l1 * sum(|w|) over the weights of the conv and linear layers, to add to the loss."""
     if l1 == 0:
         return 0.0  # the common case: skip a pass over every weight, every step
-    weights = [m.weight for m in model.modules() if isinstance(m, _WEIGHT_LAYERS)]
+    weights = [m.weight for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
     return l1 * sum(w.abs().sum() for w in weights)
