@@ -242,6 +242,7 @@ def value_text(value: Value) -> str:
         return "true" if value else "false"
     return str(value)
 
+
 class FixedTrial:
     """Answers every `suggest_*` with a value given up front, as `optuna.trial.FixedTrial` does.
 

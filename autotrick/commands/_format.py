@@ -7,7 +7,7 @@ from typing import Any
 
 
 def tricks_text(values: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={value_text(v)}" for k, v in values.items())
+    return " ".join(f"{k}={short_value(v)}" for k, v in values.items())
 
 
 def measurements_text(measurements: Mapping[str, float]) -> str:
@@ -16,5 +16,6 @@ def measurements_text(measurements: Mapping[str, float]) -> str:
                      for key, value in measurements.items())
 
 
-def value_text(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """A float to 3 significant digits (a table cell), anything else as it is."""
     return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from autotrick.atomic import write_text_atomically
-from autotrick.commands._format import value_text
+from autotrick.commands._format import short_value
 from autotrick.errors import ConfigError
 
 
@@ -44,7 +44,7 @@ def show_recipe(ref: str, *, tracking_uri: str | None) -> None:
     click.echo(f"{'trick parameter':<28} {'value':<16} baseline")
     for key, v in rows:
         mark = "*" if baseline.get(key) != v else " "
-        click.echo(f"{mark} {key:<26} {value_text(v):<16} {value_text(baseline.get(key))}")
+        click.echo(f"{mark} {key:<26} {short_value(v):<16} {short_value(baseline.get(key))}")
     click.echo("* differs from the baseline")
 
 

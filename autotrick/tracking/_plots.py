@@ -25,6 +25,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from autotrick.errors import first_line
+from autotrick.params import value_text
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord, better
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ def choice_figure(study: optuna.Study, name: str, target: str) -> Figure:
     by_choice: dict[str, list[float]] = {}
     for trial in study.trials:
         if name in trial.params and trial.value is not None:
-            by_choice.setdefault(_choice_text(trial.params[name]), []).append(trial.value)
+            by_choice.setdefault(value_text(trial.params[name]), []).append(trial.value)
     choices = sorted(by_choice)
     trials = sum(len(v) for v in by_choice.values())
     axes = _new_axes(f"{target} by {name}\n({trials} trials: every one that reached it)", name, target,
@@ -226,12 +227,6 @@ def choice_figure(study: optuna.Study, name: str, target: str) -> Figure:
     axes.set_xticks(range(len(choices)), [f"{c}\n(n={len(by_choice[c])})" for c in choices])
     axes.legend(loc="best", fontsize="small")
     return axes.figure  # type: ignore[return-value]
-
-
-def _choice_text(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "null" if value is None else str(value)
 
 
 def _spread(n: int) -> list[float]:
