@@ -81,6 +81,10 @@ class TrialRecord:
     def successful(self) -> bool:
         return self.outcome.successful and self.metric is not None
 
+    def metric_at(self, metric: str, epoch: int) -> float | None:
+        """`metric` as the trial reported it at the end of `epoch`; None if it did not get there."""
+        return next((row.get(metric) for row in self.history if row.get("epoch") == epoch), None)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as the Optuna journal keeps it."""
         return {**asdict(self), "outcome": self.outcome.value}

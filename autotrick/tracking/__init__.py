@@ -28,10 +28,11 @@ from autotrick.tracking._store import (
     TAG_SEARCH,
     TAG_TRIAL,
     check_store,
+    is_server,
     resolve_tracking_uri,
     same_store,
 )
-from autotrick.tracking._ui import is_server, serve_ui, ui_url
+from autotrick.tracking._ui import serve_ui, ui_url
 from autotrick.tracking._writer import SearchTracker
 
 __all__ = [

@@ -70,7 +70,8 @@ def trial_note(record: TrialRecord, info: SearchInfo, comparable: str | None) ->
         return (f"**{record.outcome.value}**{epoch}: {record.reason or 'no reason reported'}\n\n"
                 "The reason and traceback are in the artifact `error.txt`.")
     if record.outcome is Outcome.ASHA_STOPPED:
-        at = next((row.get(metric) for row in record.history if row.get("epoch") == record.epochs), record.metric)
+        at = record.metric_at(metric, record.epochs)
+        at = record.metric if at is None else at
         note = (f"Stopped early by ASHA after {record.epochs} of {info.max_epochs} epochs ({metric} "
                 f"{number_text(at)} then): not comparable with the finished trials' `final_{metric}`")
         return note + (f"; compare `{comparable}` instead." if comparable else ".")

@@ -153,7 +153,7 @@ def comparable_study(result: SearchResult, comparable_metric: str | None) -> opt
         warnings.simplefilter("ignore")
         study.set_metric_names([target])
     for record in result.records:
-        value = _metric_at(record, info.metric, info.grace_epochs) if comparable_metric else (
+        value = record.metric_at(info.metric, info.grace_epochs) if comparable_metric else (
             record.metric if record.successful else None)
         trial = real.get(record.number)
         if trial is None or not _finite(value) or record.outcome.failed:
@@ -162,10 +162,6 @@ def comparable_study(result: SearchResult, comparable_metric: str | None) -> opt
             params=trial.params, distributions=trial.distributions, value=value,
             user_attrs={"autotrick trial": record.number, "outcome": record.outcome.value}))
     return study if study.trials else None
-
-
-def _metric_at(record: TrialRecord, metric: str, epoch: int) -> float | None:
-    return next((row.get(metric) for row in record.history if row.get("epoch") == epoch), None)
 
 
 def param_importances(study: optuna.Study | None) -> dict[str, float] | str:

@@ -222,8 +222,7 @@ class SearchLog:
         if record.successful:
             summary[self._final_metric] = record.metric  # type: ignore[assignment]
         comparable = self._comparable_metric
-        at_grace = next((row.get(self.info.metric) for row in record.history
-                         if row.get("epoch") == self.info.grace_epochs), None)
+        at_grace = record.metric_at(self.info.metric, self.info.grace_epochs)
         if comparable and at_grace is not None and math.isfinite(at_grace) and not record.outcome.failed:
             summary[comparable] = at_grace
         return points + _metrics(summary, end, step=record.epochs)

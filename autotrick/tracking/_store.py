@@ -161,7 +161,7 @@ def check_store(uri: str) -> None:
                           "mssql:// or databricks")
     if path is not None:
         _check_sqlite_store(uri, path)
-    elif scheme in ("http", "https"):
+    elif is_server(uri):
         _check_server(uri)
 
 
@@ -225,6 +225,11 @@ def _check_server(uri: str) -> None:
         why = getattr(error, "reason", error)
         raise ConfigError(f"--tracking-uri {uri}: no MLflow tracking server answers there ({why}); start it, or "
                           "pass another --tracking-uri") from None
+
+
+def is_server(uri: str) -> bool:
+    """A tracking server (it has its UI already), not a store autotrick opens itself."""
+    return uri.startswith(("http://", "https://"))
 
 
 def same_store(uri: str) -> str:

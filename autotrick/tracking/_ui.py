@@ -30,6 +30,7 @@ from autotrick.tracking._store import (
     TAG_SEARCH,
     experiment_name,
     find_experiment_id,
+    is_server,
     latest_parent,
     latest_search,
     open_client,
@@ -86,10 +87,6 @@ def ui_url(*, search_name: str | None = None, tracking_uri: str | None = None, h
     url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     key = parent.data.tags.get(TAG_VIEW_KEY) if parent else None
     return url + (f"&viewStateShareKey={key}" if key else "")
-
-
-def is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
 
 
 def view_state(search: str, metric: str, mode: str, columns: list[str]) -> tuple[str, str]:
