@@ -497,3 +497,25 @@ def test_the_parent_run_id_is_there_as_soon_as_it_is_asked_for(empty_store: Path
     run_id = tracker.parent_run_id
     close_cleanly(tracker)
     assert run_id is not None and MlflowClient(tracker.tracking_uri).get_run(run_id).info.run_id == run_id
+
+
+def test_a_child_run_cut_off_mid_write_is_written_whole_from_the_journal(empty_store: Path, tmp_path: Path) -> None:
+    """kill -9 between a child's create_run and its last write: the trial's record survived in the
+    journal, so the resumed search's end writes its run whole (it stayed a KILLED stub)."""
+    uri = copy_store(empty_store, tmp_path)
+    first, second = make_records(make_study())[1:3]
+    killed = SearchTracker(search_info(), tracking_uri=uri)
+    killed.trial_finished(first)
+    close_cleanly(killed)
+    client = MlflowClient(uri)
+    parent = client.get_run(killed.parent_run_id)
+    first_run = children(client, parent)[first.number].info.run_id
+    stub = client.create_run(parent.info.experiment_id, run_name=f"trial-{second.number:03d}",
+                             tags={TAG_PARENT: parent.info.run_id, TAG_TRIAL: str(second.number)})
+    resumed = SearchTracker(search_info(), tracking_uri=uri, resume=True)
+    resumed.search_finished(SearchResult(info=search_info(), records=[first, second], interrupted=False), None)
+    close_cleanly(resumed)
+    after = children(client, parent)
+    assert after[second.number].info.run_id != stub.info.run_id
+    assert after[second.number].info.status == "FINISHED"
+    assert after[first.number].info.run_id == first_run  # an intact run is left as it is

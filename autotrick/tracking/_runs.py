@@ -244,9 +244,8 @@ class SearchLog:
         """The best and baseline metric and the gain on the parent; the best child named, tagged
         and described; the recipe on both; the search's story as the parent's and the
         experiment's description; the runs table's opening view."""
-        for record in result.records:  # a trial whose run was still queued when a search was killed
-            if record.number not in self.children:
-                self.log_trial(record)
+        for record in result.records:  # a run still queued, or cut off, when a search was killed: written
+            self.log_trial(record)       # whole now (an intact run is left as it is)
         metrics = _result_metrics(result)
         _log_batch(self.client, self.parent_id, metrics=_metrics(metrics, _now_ms()))
         best_id = self._child_id(result.best)
