@@ -164,6 +164,14 @@ def comparable_study(result: SearchResult, comparable_metric: str | None) -> opt
     return study if study.trials else None
 
 
+def importance_evaluator() -> optuna.importance.BaseImportanceEvaluator:
+    """fANOVA, seeded: the PNG and the interactive page agree, run after run (Optuna's default
+    evaluator changed between versions, and fANOVA's random forest is unseeded by default)."""
+    import optuna.importance
+
+    return optuna.importance.FanovaImportanceEvaluator(seed=0)
+
+
 def param_importances(study: optuna.Study | None) -> dict[str, float] | str:
     """Each parameter's importance over the study's trials, or why there is none."""
     if study is None:
@@ -175,7 +183,7 @@ def param_importances(study: optuna.Study | None) -> dict[str, float] | str:
     try:
         with warnings.catch_warnings():  # "few trials per regime": expected in a short search
             warnings.simplefilter("ignore")
-            return get_param_importances(study)
+            return get_param_importances(study, evaluator=importance_evaluator())
     except Exception as exc:  # e.g. no parameter shared by every trial
         return f"skipped: {first_line(exc)}"
 
@@ -243,7 +251,7 @@ def interactive_html(study: optuna.Study, target: str) -> str:
         if len(study.trials) >= 2:
             # without a parameter shared by every trial there is no importance: the page goes without
             with contextlib.suppress(Exception):
-                figures.append(plot_param_importances(study, target_name=target))
+                figures.append(plot_param_importances(study, evaluator=importance_evaluator(), target_name=target))
     parts = []
     for i, figure in enumerate(figures):
         figure.update_layout(title=f"{figure.layout.title.text or ''} ({title})")
