@@ -1,4 +1,5 @@
-"""Which device a run trains on, and moving small host tensors there without stalling it."""
+"""Which device a run trains on, how many trials a machine holds at once, and moving small host
+tensors to a device without stalling it."""
 
 from __future__ import annotations
 
@@ -29,3 +30,11 @@ def to_device(t: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+def trials_at_once(cpus: float, gpus: float, *, cpus_per_trial: float, gpus_per_trial: float | None) -> int:
+    """How many trials run side by side: the CPUs' slots, and the GPUs' when trials take GPUs."""
+    slots = int(cpus // max(cpus_per_trial, 1e-9))
+    if gpus_per_trial:
+        slots = min(slots, int(gpus // gpus_per_trial))
+    return max(1, slots)

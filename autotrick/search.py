@@ -62,6 +62,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from autotrick.device import trials_at_once
 from autotrick.errors import ConfigError, first_line
 from autotrick.params import Fixed, Value, suggest_values
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
@@ -454,10 +455,8 @@ def _concurrency(options: SearchOptions) -> int:
     if options.concurrency:
         return options.concurrency
     resources = ray.cluster_resources()
-    slots = int(resources.get("CPU", 1) // max(options.cpus_per_trial, 1e-9))
-    if options.gpus_per_trial:
-        slots = min(slots, int(resources.get("GPU", 0) // options.gpus_per_trial))
-    return max(1, slots)
+    return trials_at_once(resources.get("CPU", 1), resources.get("GPU", 0), cpus_per_trial=options.cpus_per_trial,
+                          gpus_per_trial=options.gpus_per_trial)
 
 
 def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[TrialRecord], None],

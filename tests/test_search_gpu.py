@@ -85,3 +85,14 @@ def test_a_trial_holding_a_gpu_share_trains_on_cuda(tmp_path: Path) -> None:
     assert (tmp_path / "device.txt").read_text() == "cuda"
     out = search(tmp_path, "--name", "auto", "--trials", "1", "--max-epochs", "1", "--num-cpus", "2")
     assert "1 GPU per trial (auto: a GPU is here)" in out.splitlines()[0]
+
+
+def test_trials_at_once_count_the_gpus_when_trials_take_them() -> None:
+    """What the data's memory budget is split by, and what Ray runs side by side: on a 16-core
+    machine with one GPU and a GPU per trial, one trial at a time, not 16."""
+    from autotrick.device import trials_at_once
+
+    assert trials_at_once(16, 1, cpus_per_trial=1, gpus_per_trial=1) == 1
+    assert trials_at_once(16, 1, cpus_per_trial=1, gpus_per_trial=0.25) == 4
+    assert trials_at_once(16, 0, cpus_per_trial=2, gpus_per_trial=None) == 8
+    assert trials_at_once(1, 0, cpus_per_trial=4, gpus_per_trial=0) == 1

@@ -92,6 +92,7 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     space = space.with_budget(trials=request.trials, max_epochs=max_epochs,
                               grace_epochs=min(space.budget.grace_epochs, max_epochs))
     from autotrick.data import check_data_mode, plan_data
+    from autotrick.device import trials_at_once
 
     # Absolute paths: Ray runs trials in folders of their own.
     model, data = absolute_spec(request.model or space.model), absolute_data_spec(request.data or space.data)
@@ -110,9 +111,11 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     tracking_uri = resolve_tracking_uri(request.tracking_uri)  # the flag, MLFLOW_TRACKING_URI, or mlflow.db
     check_store(tracking_uri)
     seed = request.seed or 0
-    # Each trial process holds its own copy of in-memory data: the budget is split between them.
+    # Each trial process holds its own copy of in-memory data: the budget is split between them
+    # (a cluster's GPUs are counted once connected: here only its CPUs limit the count).
     machine_cpus = request.num_cpus or os.cpu_count() or 1
-    at_once = request.concurrency or max(1, int(machine_cpus // cpus))
+    at_once = request.concurrency or trials_at_once(machine_cpus, _local_gpus(), cpus_per_trial=cpus,
+                                                    gpus_per_trial=None if request.address else gpus)
     plan = plan_data(size, data_mode, device="cuda" if gpus else "cpu", trials_at_once=at_once,
                      gpu_share=gpus or 1.0)
     train = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=max_epochs,
@@ -160,6 +163,12 @@ def gpus_per_trial(value: float | str | None, *, address: str | None) -> float |
         raise ConfigError(f"--gpus-per-trial {value}: this machine has {here} GPU{'s' * (here != 1)}, which a local "
                           "Ray gets; give at most that, or --address a Ray cluster with GPUs")
     return gpus
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def describe_gpus(gpus: float | None, requested: float | str | None) -> str:
