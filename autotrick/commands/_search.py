@@ -251,16 +251,19 @@ def _say(line: str | None) -> None:
 
 
 def _run(prepared: _Prepared, signals: StopSignals) -> int:
-    from autotrick.data import load_data
+    from autotrick.data import describe_data, load_data
     from autotrick.search import run_search
     from autotrick.study import finished_records
     from autotrick.tracking import SearchTracker, resolve_tracking_uri
 
     options, output, request = prepared.options, prepared.output, prepared.request
     info = replace(options.info(versions()), weights=request.weights)
-    # The data set as MLflow's dataset input, digest and all: in-memory data only, which
-    # prepare_search loaded (and cached) already; a streamed one is never loaded whole.
-    data = load_data(options.train.data, options.train.data_dir) if options.train.data_mode == "memory" else None
+    # The data set as MLflow's dataset input, digest and all: only one the driver holds already
+    # (describe_data loaded the small built-in sets); image folders and the user's lazy datasets
+    # are not decoded here just for it, whether the trials hold them in memory or stream them.
+    described = describe_data(options.train.data, options.train.data_dir)
+    data = load_data(options.train.data, options.train.data_dir) \
+        if options.train.data_mode == "memory" and not described.streamable else None
     tracker = SearchTracker(info, tracking_uri=request.tracking_uri, resume=request.resume, dataset=data)
     progress = _ProgressPrinter(info, verbose=request.verbose)
     click.echo(f"search '{info.name}': {options.space.name} space, {info.model} on {info.data}, "
