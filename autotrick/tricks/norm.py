@@ -311,7 +311,7 @@ def _keep_batch_statistics(old: nn.Module, new: nn.Module) -> None:
         with torch.no_grad():
             for name, tensor in new.state_dict().items():
                 source = kept.get(name)
-                if source is not None and source.shape == tensor.shape:
+                if source is not None and source.shape == tensor.shape and not source.is_meta:
                     tensor.copy_(source)
 
 
