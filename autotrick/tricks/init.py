@@ -103,8 +103,9 @@ def _closes_branch(record: Trace, norm: nn.Module, node: int, skip: int, skip_no
     return len(mine - skip_ancestors) > len(skip_ancestors - mine)
 
 
-def closing_norms(model: nn.Module, example: Tensor) -> list[nn.Module]:
-    """The norm that closes each residual branch of `model` (module docstring), in model order."""
+def closing_norms(model: nn.Module, example: Tensor) -> tuple[list[nn.Module], Trace]:
+    """The norm that closes each residual branch of `model` (module docstring), in model order,
+    and the trace they were found in."""
     norms = tuple(m for m in model.modules() if is_norm(m) and isinstance(getattr(m, "weight", None), Tensor))
     record = trace(model, example, zero_sources=norms)
     closing: set[nn.Module] = set()
@@ -120,7 +121,7 @@ def closing_norms(model: nn.Module, example: Tensor) -> list[nn.Module]:
         if chosen is not None:
             closing.add(chosen)
         never.update(n for n in (norm_a, norm_b) if n is not None and n is not chosen)
-    return [m for m in norms if m in closing and m not in never]
+    return [m for m in norms if m in closing and m not in never], record
 
 
 def initialize(model: nn.Module, example: Tensor | None = None, *, scheme: str, mode: str = "fan_in",
@@ -151,8 +152,8 @@ def _zero_closing_norms(model: nn.Module, example: Tensor) -> None:
     """Zero the closing norms; then, while the output no longer depends on the input (a ViT reads
     its class token, which only attention brings the image into: zeroing every attention branch
     leaves it constant), give the deepest zeroed norm its weight back."""
-    norms = closing_norms(model, example)
-    classifiers = final_layers(trace(model, example)) if norms else []
+    norms, record = closing_norms(model, example)
+    classifiers = final_layers(record) if norms else []
     reached = bool(norms) and input_reaches_classifier(model, example, classifiers)  # else: no help to give
     weights = [norm.weight.detach().clone() for norm in norms]
     for norm in norms:
