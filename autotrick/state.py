@@ -30,6 +30,7 @@ import filelock
 
 from autotrick.atomic import write_bytes_atomically, write_text_atomically
 from autotrick.errors import ConfigError, first_line
+from autotrick.request import FORMAT as REQUEST_FORMAT
 
 STATE_ROOT = Path(".autotrick")
 # MLflow models fetched as checkpoints that trials can read (--weights, distill.teacher): a name no
@@ -130,8 +131,9 @@ class SearchFolder:
         except (OSError, ValueError) as error:
             raise ConfigError(f"{path}: cannot read the search's stored request ({first_line(error)}); "
                               "delete the file to resume with the options given now") from None
-        if not isinstance(stored, dict):
-            raise ConfigError(f"{path}: not a stored search request; delete it to resume with the options given now")
+        if not isinstance(stored, dict) or stored.get(REQUEST_FORMAT, 1) != 1:
+            raise ConfigError(f"{path}: not a stored search request this autotrick reads (format 1); delete it to "
+                              "resume with the options given now")
         return stored
 
     def write_request(self, request: Mapping[str, Any]) -> None:

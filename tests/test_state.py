@@ -185,3 +185,13 @@ def test_a_resume_without_data_mode_keeps_the_mode_the_search_started_with(monke
         main(["search", "--name", "cut", "--resume"])
     [request] = requests
     assert resumed(request, {"data_mode": "stream"}, "cut", same={})[0].data_mode == "stream"  # type: ignore[arg-type]
+
+
+def test_a_stored_request_of_another_format_is_refused_in_one_line(tmp_path: Path) -> None:
+    from autotrick.errors import ConfigError
+
+    folder = SearchFolder("later", root=tmp_path / ".autotrick")
+    folder.path.mkdir(parents=True)
+    (folder.path / "request.json").write_text(json.dumps({"autotrick_request": 2, "trials": 8}))
+    with pytest.raises(ConfigError, match=r"request.json: not a stored search request this autotrick reads"):
+        folder.read_request()

@@ -62,10 +62,6 @@ class SyntheticShape:
     def val(self) -> int:
         return self.train // 5
 
-    @property
-    def decoded_bytes(self) -> int:
-        return (self.train + self.val) * self.channels * self.height * self.width
-
 
 def parse_synthetic(spec: str) -> SyntheticShape:
     """The shape a `synthetic:...` spec names; a ConfigError naming the form otherwise."""

@@ -177,7 +177,7 @@ class SearchLog:
         info = self.info
         setting = {"model": info.model, "data": info.data, "max_epochs": info.max_epochs,
                    "batch_size": info.batch_size}
-        tricks = {key: display_value(value) for key, value in record.values.items() if value is not None}
+        tricks = {key: value for key, value in record.values.items() if value is not None}
         return _params({**setting, **tricks})
 
     def _create_child(self, record: TrialRecord, params: list[Param]) -> str:
@@ -305,7 +305,7 @@ class SearchLog:
         if isinstance(importances, str):
             self.client.set_tag(self.parent_id, TAG_IMPORTANCE, importances)
         else:
-            figures["plots/param_importance.png"] = importance_figure(importances, target, _trials_in(study))
+            figures["plots/param_importance.png"] = importance_figure(importances, target, len(study.trials))  # type: ignore[union-attr]
         for name in categorical_params(study):
             figures[f"plots/choice_{name}.png"] = choice_figure(study, name, target)  # type: ignore[arg-type]
         for path, figure in figures.items():
@@ -365,10 +365,6 @@ def _searched_params(result: SearchResult) -> list[str]:
         for key, value in record.values.items():
             seen.setdefault(key, set()).add(repr(value))
     return [key for key, values in seen.items() if len(values) > 1]
-
-
-def _trials_in(study: Any) -> int:
-    return len(study.trials) if study is not None else 0
 
 
 def _source_tags() -> dict[str, str]:
