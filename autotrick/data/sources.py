@@ -369,10 +369,7 @@ def sample_image(sample: Any, spec: str, which: str, index: int, image_size: int
     if not (isinstance(sample, tuple | list) and len(sample) == 2):
         raise bad(f"item {index} is {type(sample).__name__}, not an (image, label) pair")
     image = _to_uint8(_image_tensor(sample[0], bad), bad)
-    if image_size is not None and tuple(image.shape[1:]) != (image_size, image_size):
-        image = F.interpolate(image[None].float(), size=(image_size, image_size), mode="bilinear",
-                              antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0]
-    return image
+    return image if image_size is None else resize_uint8(image[None], image_size)[0]
 
 
 def _materialize(split: Any, spec: str, which: str) -> tuple[Tensor, Tensor]:
@@ -488,16 +485,22 @@ def stats_from_histograms(counts: Tensor) -> tuple[tuple[float, ...], tuple[floa
     return tuple(means), tuple(stds)
 
 
+def resize_uint8(images: Tensor, side: int) -> Tensor:
+    """uint8 (N, C, H, W) images at side x side: bilinear, antialiased, rounded back to uint8 (the
+    one resize of every path, in memory and streamed, so both see the same pixels)."""
+    if tuple(images.shape[2:]) == (side, side):
+        return images
+    return (F.interpolate(images.float(), size=(side, side), mode="bilinear", antialias=True,
+                          align_corners=False).round_().clamp_(0, 255).to(torch.uint8))
+
+
 def _resized(data: ImageData, size: int | None) -> ImageData:
     """`data` with both splits resized to size x size (bilinear, antialiased); as is when None."""
     if size is None or data.image_size == (size, size):
         return data
 
-    def resize(x: Tensor) -> Tensor:
-        out = [F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True,
-                             align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-               for chunk in x.split(4096)]  # in chunks: a float copy of all of CIFAR at 224 is huge
-        return torch.cat(out)
+    def resize(x: Tensor) -> Tensor:  # in chunks: a float copy of all of CIFAR at 224 is huge
+        return torch.cat([resize_uint8(chunk, size) for chunk in x.split(4096)])
 
     train_x, val_x = resize(data.train_x), resize(data.val_x)
     return _image_data(data.name, train_x, data.train_y, val_x, data.val_y, crop_padding=data.crop_padding,

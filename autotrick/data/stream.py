@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -33,6 +32,7 @@ from autotrick.data.sources import (
     channel_histograms,
     folder_listing,
     read_image_file,
+    resize_uint8,
     sample_image,
     stats_from_histograms,
     user_splits,
@@ -167,14 +167,7 @@ def decode_on_gpu(raw: list[Tensor], side: int, device: torch.device) -> Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torchvision 0.29 points to TorchCodec on every call
         images = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
-    return torch.stack([_resized(image, side) for image in images])
-
-
-def _resized(image: Tensor, side: int) -> Tensor:
-    if tuple(image.shape[1:]) == (side, side):
-        return image
-    return (F.interpolate(image[None].float(), size=(side, side), mode="bilinear", antialias=True,
-                          align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0])
+    return torch.cat([resize_uint8(image[None], side) for image in images])  # sizes differ: one by one
 
 
 @functools.cache
