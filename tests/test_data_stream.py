@@ -255,3 +255,11 @@ def more():
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = "lazy_extra:more"
     assert describe_data(spec).num_classes == load_data(spec).num_classes == 11
+
+
+def test_a_workers_later_trials_reuse_its_stream_and_its_loader_processes(small_jpegs: Path) -> None:
+    feed = open_feed(f"imagefolder:{small_jpegs}", None, device=torch.device("cpu"), mode="stream", workers=2)
+    again = open_feed(f"imagefolder:{small_jpegs}", None, device=torch.device("cpu"), mode="stream", workers=2)
+    assert again is feed
+    first = [len(y) for _, y in feed.val_batches()]
+    assert [len(y) for _, y in again.val_batches()] == first == [400]

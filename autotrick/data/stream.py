@@ -147,8 +147,11 @@ class StreamFeed:
             yield images, labels.to(self.device, non_blocking=True)
 
 
+@functools.lru_cache(maxsize=2)
 def open_stream(size: DataSize, data_dir: str | None, *, device: torch.device, workers: int) -> StreamFeed:
-    """A StreamFeed for an image folder or a user's lazy dataset (`size` from describe_data)."""
+    """A StreamFeed for an image folder or a user's lazy dataset (`size` from describe_data).
+    Kept for the process's later trials, as data held in memory is: its loader's workers are
+    persistent, and starting them again would cost every trial (0.3 to 1 s on a small folder)."""
     if size.name.startswith("imagefolder:"):
         folder = size.name.removeprefix("imagefolder:")
         listing = folder_listing(folder)
