@@ -517,11 +517,13 @@ def _trial_time(records: list[TrialRecord], slots: int, wall: float) -> dict[str
 
 
 def _resolve_gpus(options: SearchOptions) -> SearchOptions:
-    """auto on a cluster: one GPU per trial when it has a GPU, none otherwise."""
-    if options.gpus_per_trial is not None:
-        return options
-    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    return replace(options, gpus_per_trial=gpus, train=replace(options.train, device="cuda" if gpus else "cpu"))
+    """auto on a cluster: one GPU per trial when it has a GPU, none otherwise; and the device the
+    trials train on, which follows (TRIAL_DEVICE_ENV overrides it)."""
+    gpus = options.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    device = os.environ.get(TRIAL_DEVICE_ENV) or ("cuda" if gpus > 0 else "cpu")
+    return replace(options, gpus_per_trial=gpus, train=replace(options.train, device=device))
 
 
 def _check_gpus(options: SearchOptions) -> None:
@@ -545,9 +547,7 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     for name in ("ray.tune.tune", "ray.tune.execution.experiment_state"):
         logging.getLogger(name).setLevel(logging.NOTSET if options.verbose else logging.CRITICAL)
     gpus = options.gpus_per_trial or 0.0
-    train = replace(options.train, epochs=options.space.budget.max_epochs,
-                    threads=options.threads_per_trial,
-                    device=os.environ.get(TRIAL_DEVICE_ENV) or ("cuda" if gpus > 0 else "cpu"))
+    train = replace(options.train, epochs=options.space.budget.max_epochs, threads=options.threads_per_trial)
     progress = _Progress(searcher, on_record)
     trainable = tune.with_parameters(run_one_trial, train=train, metric=options.space.budget.metric,
                                      state_dir=str(options.state_dir.resolve()) if options.save_models else None)
