@@ -72,7 +72,7 @@ def read_model_file(path: str | Path, what: str) -> ModelFile:
             raise ConfigError(f"{what} {path}: checkpoint version {raw[CHECKPOINT_KEY]!r} is not supported; "
                               f"this autotrick reads version {CHECKPOINT_VERSION}")
         return ModelFile(dict(raw["state_dict"]), raw["model"], int(raw["num_classes"]),
-                         tuple(raw["input_shape"]), dict(raw.get("tricks") or {}))  # type: ignore[arg-type]
+                         tuple(raw["input_shape"]), dict(raw.get("tricks") or {}))
     if not isinstance(raw, Mapping) or not raw or not all(isinstance(v, Tensor) for v in raw.values()):
         raise ConfigError(f"{what} {path}: holds {type(raw).__name__}, not model weights; expected {expected}")
     return ModelFile(dict(raw))
@@ -105,14 +105,16 @@ def build_initial_model(spec: str, *, weights: str | None, num_classes: int, in_
     for `spec`, or a checkpoint, which names its own model): a new head where the class count differs."""
     from autotrick.models import build_model
     from autotrick.tricks.finetune import load_pretrained, replace_head
+    from autotrick.tricks.head import classifier
 
     if weights is None:
         return build_model(spec, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     file = read_model_file(weights, "--weights")
+    example = torch.zeros(2, in_channels, *image_size)  # what the classifier finder traces
     if file.spec is not None:
-        return replace_head(load_checkpoint(weights, "--weights").train(), num_classes)
+        return replace_head(load_checkpoint(weights, "--weights").train(), num_classes, example)
     model = build_model(spec, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-    load_pretrained(model, file.state_dict, num_classes=num_classes, source=weights)
+    load_pretrained(model, file.state_dict, head=classifier(model, example), source=weights)
     return model
 
 
@@ -126,11 +128,11 @@ def load_teacher(ref: str, files: Mapping[str, str] | None = None, device: torch
     if path is None and is_mlflow_ref(ref):
         raise ConfigError(f"distill.teacher {ref}: an MLflow reference; pass teacher=autotrick.load_model({ref!r}) "
                           "(autotrick search and train fetch it themselves)")
-    path = Path(path or ref).expanduser().resolve()
-    if not path.is_file():
+    file = Path(path or ref).expanduser().resolve()
+    if not file.is_file():
         raise ConfigError(f"distill.teacher {ref}: no such file; expected models:/NAME@alias, runs:/RUN_ID/model "
                           "or an autotrick checkpoint .pt")
-    return as_teacher(_cached_checkpoint(str(path), path.stat().st_mtime_ns), device)
+    return as_teacher(_cached_checkpoint(str(file), file.stat().st_mtime_ns), device)
 
 
 @functools.lru_cache(maxsize=2)

@@ -8,7 +8,7 @@ for exactly those, once, before training:
 
 - no activation was lost: the activation functions one forward pass calls (trace.py counts
   them) are at least as many as before the tricks (`count_activations` on the untouched model);
-- the features reaching the classifier (trace.final_layers) still differ from image to image,
+- the features reaching the classifier (head.final_layers) still differ from image to image,
   in training mode, and are finite;
 - the classifier receives a finite, non-zero gradient from a cross-entropy loss.
 
@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from autotrick.tricks.trace import final_layers, inputs_of, no_side_effects, same_for_every_sample, tensors_in, trace
+from autotrick.tricks.head import final_layers
+from autotrick.tricks.trace import inputs_of, no_side_effects, same_for_every_sample, tensors_in, trace
 
 
 def count_activations(model: nn.Module, example: Tensor) -> int:

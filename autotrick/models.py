@@ -40,6 +40,7 @@ from autotrick.entrypoints import (
     load_callable,
 )
 from autotrick.errors import ConfigError, first_line
+from autotrick.tricks.head import conv2d_like, replace_module
 
 MODELS: tuple[str, ...] = ("mlp", "cnn", "resnet18")
 TIMM_PREFIX = "timm:"
@@ -159,15 +160,12 @@ def _timm_model(name: str, num_classes: int, in_channels: int, image_size: tuple
 def _adapt_first_conv(model: nn.Module, name: str, in_channels: int) -> None:
     """Replace the first Conv2d (in registration order, which is the stem in every torchvision
     classifier) by a fresh one taking in_channels inputs; weights=None, so nothing is lost."""
-    found = next(((path, m) for path, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
-    if found is None:
+    old = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if old is None:
         raise ConfigError(f"model '{name}' has no Conv2d to adapt to {in_channels}-channel images")
-    path, old = found
-    parent_path, _, attr = path.rpartition(".")
-    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
-                    groups=math.gcd(old.groups, in_channels),  # a grouped stem keeps what divides
-                    bias=old.bias is not None, padding_mode=old.padding_mode)
-    setattr(model.get_submodule(parent_path), attr, new)
+    new = conv2d_like(old, in_channels=in_channels, out_channels=old.out_channels,
+                      groups=math.gcd(old.groups, in_channels))  # a grouped stem keeps what divides
+    replace_module(model, old, new)
 
 
 def _user_model(spec: str, num_classes: int, in_channels: int, image_size: tuple[int, int]) -> nn.Module:

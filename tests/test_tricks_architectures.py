@@ -65,7 +65,8 @@ from autotrick.tricks.norm import (
     swap_norms,
 )
 from autotrick.tricks.pruning import measure_sparsity, prune_weights
-from autotrick.tricks.trace import final_layers, trace
+from autotrick.tricks.head import final_layers
+from autotrick.tricks.trace import trace
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -97,9 +97,9 @@ def test_torchvision_weights_from_a_local_file_get_a_new_head(tmp_path: Path) ->
 
 def test_weights_of_another_architecture_fail_in_one_line() -> None:
     with pytest.raises(ConfigError, match=r"'0.weight' is \(8, 3, 3, 3\) in the file, \(8, 1, 3, 3\) in the model"):
-        load_pretrained(nn.Sequential(nn.Conv2d(1, 8, 3)), net().state_dict(), num_classes=5, source="x.pt")
+        load_pretrained(nn.Sequential(nn.Conv2d(1, 8, 3)), net().state_dict(), head=[], source="x.pt")
     with pytest.raises(ConfigError, match=r"'extra\.weight' is in the file but not in the model"):
-        load_pretrained(net(), {**net().state_dict(), "extra.weight": torch.zeros(1)}, num_classes=5, source="x.pt")
+        load_pretrained(net(), {**net().state_dict(), "extra.weight": torch.zeros(1)}, head=[], source="x.pt")
 
 
 def test_a_checkpoint_as_weights_names_its_model_and_gets_a_new_head(tmp_path: Path) -> None:

@@ -6,11 +6,10 @@ at eval y = x.
 The final classifier is the layer that makes the logits, whatever the head looks like (ResNet's
 `fc`, ViT's `heads.head`, a Linear at the end of a Sequential `classifier` after an activation,
 SqueezeNet's final conv): with an example batch, one traced forward pass (see trace.py) finds
-the layers with parameters whose output reaches the model's output (`final_layers`), and
-whether a Dropout feeds each one directly (through reshapes only). If one does, it gets p like
-the others; if not, nn.Dropout(p) is put in front of the classifier. Without an example, the
-classifier is taken to be the last Linear registered, fed by a Dropout if one comes right before
-it in a Sequential. What was done, and where, is said in one
+the classifier (head.py), and whether a Dropout feeds each of its layers directly (through
+reshapes only). If one does, it gets p like the others; if not, nn.Dropout(p) is put in front
+of the classifier. Without an example, the classifier is head.py's fallback (the last Linear),
+fed by a Dropout if one comes right before it in a Sequential. What was done, and where, is said in one
 line (a TrickNote warning, which the trainer prints).
 """
 
@@ -22,7 +21,8 @@ from torch import Tensor, nn
 
 from autotrick.errors import ConfigError, TrickNote
 from autotrick.params import Param, Trick
-from autotrick.tricks.trace import VIEW_OPS, Trace, final_layers, trace
+from autotrick.tricks.head import classifier, final_layers, module_paths, replace_module
+from autotrick.tricks.trace import VIEW_OPS, Trace, trace
 
 DROPOUT = Trick(
     name="dropout",
@@ -33,7 +33,8 @@ DROPOUT = Trick(
     ),
 )
 
-DROPOUT_LAYERS: tuple[type[nn.Module], ...] = (
+DropoutLayer = nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d | nn.AlphaDropout | nn.FeatureAlphaDropout
+DROPOUT_LAYERS: tuple[type[DropoutLayer], ...] = (
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
 )
 
@@ -56,8 +57,7 @@ def classifiers(model: nn.Module, example: Tensor | None) -> list[tuple[nn.Modul
     if example is not None:
         record = trace(model, example)
         return [(layer, _fed_by_dropout(record, layer)) for layer in final_layers(record)]
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return [(linears[-1], _after_dropout(model, linears[-1]))] if linears else []
+    return [(layer, _after_dropout(model, layer)) for layer in classifier(model, None)]
 
 
 def _after_dropout(model: nn.Module, layer: nn.Module) -> bool:
@@ -77,14 +77,8 @@ def _after_dropout(model: nn.Module, layer: nn.Module) -> bool:
 def _put_before(model: nn.Module, layer: nn.Module, p: float) -> tuple[nn.Module, list[str]]:
     """nn.Dropout(p) in front of `layer` everywhere it is registered; returns the model (or the
     new Sequential, when `model` is `layer`) and where it went."""
-    wrapped = nn.Sequential(nn.Dropout(p), layer)
-    if layer is model:
-        return wrapped, ["(the model)"]
-    paths = [path for path, m in model.named_modules(remove_duplicate=False) if m is layer]
-    for path in paths:
-        parent_path, _, attr = path.rpartition(".")
-        setattr(model.get_submodule(parent_path), attr, wrapped)
-    return model, paths
+    paths = module_paths(model, layer)
+    return replace_module(model, layer, nn.Sequential(nn.Dropout(p), layer)), [path or "(the model)" for path in paths]
 
 
 def set_dropout(model: nn.Module, example: Tensor | None = None, *, p: float | None) -> nn.Module:

@@ -1,8 +1,8 @@
 """Fine-tuning from weights: a new head where the class count differs, the backbone frozen for the
 first epochs, a larger learning rate for the head, layer-wise learning-rate decay.
 
-The head is the classifier: the last nn.Linear registered whose out_features is the class count.
-The backbone is every other trainable parameter.
+The head is the classifier (head.py: found on the traced data flow, so SqueezeNet's conv and
+ViT's `heads.head` are heads too). The backbone is every other trainable parameter.
 lr of the head:                    lr * head_lr_mult
 lr of layer i below the head:      lr * layer_decay^i      (i = 1 for the layer just below it)
 freeze_epochs: the backbone gets no gradient (requires_grad off) in epochs 0 .. freeze_epochs - 1;
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from autotrick.errors import ConfigError
 from autotrick.params import Param, Trick
+from autotrick.tricks.head import classifier, conv2d_like, module_paths, replace_module
 
 FINETUNE = Trick(
     name="finetune",
@@ -43,17 +44,12 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _STACK = 4  # a container of this many modules of one class is a stack of blocks
 
 
-def classifier_name(model: nn.Module, num_classes: int) -> str | None:
-    """The name of the last nn.Linear registered with `num_classes` outputs, or None."""
-    found = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
-    return found[-1] if found else None
-
-
-def head_parameters(model: nn.Module, num_classes: int) -> list[nn.Parameter]:
-    name = classifier_name(model, num_classes)
-    if name is None:
-        raise ConfigError(f"finetune: {type(model).__name__} has no Linear classifier with {num_classes} outputs")
-    return list(model.get_submodule(name).parameters())
+def head_parameters(model: nn.Module, head: list[nn.Module]) -> list[nn.Parameter]:
+    """The parameters of the classifier layers `head` (head.classifier), which must exist."""
+    if not head:
+        raise ConfigError(f"finetune: {type(model).__name__} has no classifier layer (a layer with parameters "
+                          "that makes the output) to treat as the head")
+    return [p for layer in head for p in layer.parameters()]
 
 
 def _is_stack(module: nn.Module) -> bool:
@@ -81,18 +77,18 @@ def layers(model: nn.Module) -> list[list[nn.Parameter]]:
     return found
 
 
-def lr_multipliers(model: nn.Module, *, num_classes: int, head_lr_mult: float = 1.0,
+def lr_multipliers(model: nn.Module, *, head: list[nn.Module], head_lr_mult: float = 1.0,
                    layer_decay: float = 1.0, freeze_epochs: int = 0) -> dict[int, float] | None:
     """Each parameter's lr multiplier by id: head_lr_mult for the head, layer_decay^i for layer i
     below it; None when both are 1 (every parameter at lr). `freeze_epochs` is accepted so that
     every finetune value can be passed with `**`."""
     if head_lr_mult == 1.0 and layer_decay == 1.0:
         return None
-    head = {id(p) for p in head_parameters(model, num_classes)}
-    below = [[p for p in layer if id(p) not in head] for layer in layers(model)]
+    head_ids = {id(p) for p in head_parameters(model, head)}
+    below = [[p for p in layer if id(p) not in head_ids] for layer in layers(model)]
     below = [layer for layer in below if layer]
     multipliers = {id(p): layer_decay ** (len(below) - i) for i, layer in enumerate(below) for p in layer}
-    return multipliers | dict.fromkeys(head, head_lr_mult)
+    return multipliers | dict.fromkeys(head_ids, head_lr_mult)
 
 
 def split_by_lr(groups: list[dict], multipliers: Mapping[int, float], lr: float) -> list[dict]:
@@ -107,10 +103,10 @@ def split_by_lr(groups: list[dict], multipliers: Mapping[int, float], lr: float)
     return sorted(split, key=lambda g: -g["lr"])
 
 
-def backbone_parameters(model: nn.Module, num_classes: int) -> list[nn.Parameter]:
+def backbone_parameters(model: nn.Module, head: list[nn.Module]) -> list[nn.Parameter]:
     """The trainable parameters outside the head: what freeze_epochs freezes."""
-    head = {id(p) for p in head_parameters(model, num_classes)}
-    return [p for p in model.parameters() if p.requires_grad and id(p) not in head]
+    head_ids = {id(p) for p in head_parameters(model, head)}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
 
 
 def set_frozen(params: list[nn.Parameter], frozen: bool) -> None:
@@ -118,13 +114,13 @@ def set_frozen(params: list[nn.Parameter], frozen: bool) -> None:
         p.requires_grad_(not frozen)
 
 
-def load_pretrained(model: nn.Module, state_dict: Mapping[str, Tensor], *, num_classes: int, source: str) -> None:
-    """Copy `state_dict` (e.g. torchvision's weights) into `model`, in place. The classifier (the
-    last Linear with `num_classes` outputs) keeps its fresh weights when the file's has another
-    class count: a new head. Any other missing, extra or differently shaped tensor is an error."""
+def load_pretrained(model: nn.Module, state_dict: Mapping[str, Tensor], *, head: list[nn.Module], source: str) -> None:
+    """Copy `state_dict` (e.g. torchvision's weights) into `model`, in place. The classifier layers
+    `head` (head.classifier) keep their fresh weights when the file's have another class count: a
+    new head. Any other missing, extra or differently shaped tensor is an error."""
     own = model.state_dict()
-    head = classifier_name(model, num_classes)
-    new_head = {f"{head}.weight", f"{head}.bias"} if head else set()
+    new_head = {f"{path}.{name}".lstrip(".") for layer in head for path in module_paths(model, layer)
+                for name, _ in layer.named_parameters()}
     if not any(key in state_dict and state_dict[key].shape != own[key].shape for key in new_head & set(own)):
         new_head = set()  # the same class count: the head is loaded like everything else
     for key in chain(own, state_dict):
@@ -142,18 +138,21 @@ def load_pretrained(model: nn.Module, state_dict: Mapping[str, Tensor], *, num_c
         model.load_state_dict({k: v for k, v in state_dict.items() if k not in new_head}, strict=False)
 
 
-def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """A fresh nn.Linear for `num_classes` in place of the model's last Linear, if that has another
-    number of outputs (a trained model's classifier for the new data); returns the model."""
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(f"--weights: {type(model).__name__} has no Linear classifier to give {num_classes} outputs")
-    old = model.get_submodule(linears[-1])
-    if old.out_features == num_classes:
-        return model
-    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device, old.weight.dtype)
-    parent, _, attr = linears[-1].rpartition(".")
-    if not attr:
-        return new
-    setattr(model.get_submodule(parent), attr, new)
-    return model
+def replace_head(model: nn.Module, num_classes: int, example: Tensor | None) -> nn.Module:
+    """A fresh classifier layer for `num_classes` in place of the model's own (head.classifier:
+    `example` is a batch the model takes), if that has another number of outputs (a trained
+    model's classifier for the new data); returns the model."""
+    found = classifier(model, example)
+    if len(found) != 1 or not isinstance(found[0], nn.Linear | nn.Conv2d):
+        raise ConfigError(f"--weights: {type(model).__name__} has no Linear or Conv2d classifier to give "
+                          f"{num_classes} outputs")
+    old = found[0]
+    if isinstance(old, nn.Linear):
+        if old.out_features == num_classes:
+            return model
+        new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:
+        if old.out_channels == num_classes:
+            return model
+        new = conv2d_like(old, in_channels=old.in_channels, out_channels=num_classes)
+    return replace_module(model, old, new.to(old.weight.device, old.weight.dtype))

@@ -26,14 +26,16 @@ which the trainer's model check reports).
 """
 
 import warnings
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from autotrick.errors import ConfigError, TrickNote
 from autotrick.params import Param, Trick, When
-from autotrick.tricks.norm import is_norm
-from autotrick.tricks.trace import Trace, final_layers, input_reaches_classifier, trace
+from autotrick.tricks.head import final_layers
+from autotrick.tricks.norm_layers import is_norm
+from autotrick.tricks.trace import Trace, input_reaches_classifier, trace
 
 SCHEMES = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
            "orthogonal", "trunc_normal")
@@ -55,13 +57,17 @@ INIT = Trick(
 )
 
 # The layers whose weights an initializer (and pruning) touches.
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
+FanMode = Literal["fan_in", "fan_out"]  # the choices of init.mode
+Nonlinearity = Literal["relu", "leaky_relu"]  # the choices of init.nonlinearity
+WeightLayer = (nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d
+               | nn.Linear)
+WEIGHT_LAYERS: tuple[type[WeightLayer], ...] = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
 )
 _LEAKY_SLOPE = 0.01  # kaiming's `a`; torch ignores it for relu
 
 
-def _init_weight(weight: Tensor, scheme: str, mode: str, nonlinearity: str, std: float) -> None:
+def _init_weight(weight: Tensor, scheme: str, mode: FanMode, nonlinearity: Nonlinearity, std: float) -> None:
     """Draw `weight` in place by `scheme`, with the formulas of the module docstring."""
     match scheme:
         case "xavier_uniform":
@@ -124,8 +130,8 @@ def closing_norms(model: nn.Module, example: Tensor) -> tuple[list[nn.Module], T
     return [m for m in norms if m in closing and m not in never], record
 
 
-def initialize(model: nn.Module, example: Tensor | None = None, *, scheme: str, mode: str = "fan_in",
-               nonlinearity: str = "relu", std: float = 0.02, zero_last_norm: bool = False) -> nn.Module:
+def initialize(model: nn.Module, example: Tensor | None = None, *, scheme: str, mode: FanMode = "fan_in",
+               nonlinearity: Nonlinearity = "relu", std: float = 0.02, zero_last_norm: bool = False) -> nn.Module:
     """Re-initialize `model` in place with `scheme` (see the module docstring) and return it.
 
     "default" keeps every weight as the model made it; `zero_last_norm` applies either way, after
@@ -155,13 +161,14 @@ def _zero_closing_norms(model: nn.Module, example: Tensor) -> None:
     norms, record = closing_norms(model, example)
     classifiers = final_layers(record) if norms else []
     reached = bool(norms) and input_reaches_classifier(model, example, classifiers)  # else: no help to give
-    weights = [norm.weight.detach().clone() for norm in norms]
-    for norm in norms:
-        nn.init.zeros_(norm.weight)
+    params = [norm.get_parameter("weight") for norm in norms]  # closing norms have one (closing_norms)
+    weights = [param.detach().clone() for param in params]
+    for param in params:
+        nn.init.zeros_(param)
     restored = 0
     while reached and restored < len(norms) and not input_reaches_classifier(model, example, classifiers):
         restored += 1
-        norms[-restored].weight.copy_(weights[-restored])
+        params[-restored].copy_(weights[-restored])
     zeroed = norms[:len(norms) - restored]
     names = {module: name for name, module in model.named_modules()}
     if zeroed:

@@ -55,6 +55,8 @@ from torch import Tensor, nn
 from autotrick.errors import TrickNote
 from autotrick.params import Param, Trick, When
 from autotrick.tricks.batch_renorm import BATCH_RENORM
+from autotrick.tricks.head import replace_modules
+from autotrick.tricks.norm_layers import NORM_LAYERS, has_normalized_shape, is_norm  # noqa: F401  (re-exported)
 
 NORM_TYPES = ("keep", "batch", "group", "layer", "instance", "none", "batch_renorm")
 RECOGNIZED = ("BatchNorm1d/2d/3d, SyncBatchNorm, GroupNorm, InstanceNorm1d/2d/3d, LayerNorm, RMSNorm and "
@@ -74,11 +76,6 @@ NORM = Trick(
     ),
 )
 
-# torch's norm layers; a subclass of one of them is a norm too.
-NORM_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
-)
 # Positions after C that each channel-first class implies; None: it may see (N, C) vectors or
 # (N, C, L); GroupNorm and SyncBatchNorm carry no rank.
 _POSITIONS: dict[type[nn.Module], int | None] = {
@@ -89,7 +86,6 @@ _BATCH_AND_INSTANCE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBa
                        nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 _BATCH: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _INSTANCE: dict[int, type[nn.Module]] = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
-_FUSED_CHILDREN = ("drop", "act")  # what a fused norm-activation layer applies after its norm, in order
 _DEFAULT_EPS = 1e-5
 
 
@@ -152,30 +148,6 @@ class Site:
     single: bool = False
 
 
-def is_norm(module: nn.Module) -> bool:
-    """Whether `module` is a norm layer the swap recognizes (module docstring)."""
-    return (isinstance(module, NORM_LAYERS) or _has_normalized_shape(module) or _is_frozen_batch_norm(module)) \
-        and _extras(module) is not None
-
-
-def _has_normalized_shape(module: nn.Module) -> bool:
-    shape = getattr(module, "normalized_shape", None)
-    return isinstance(shape, tuple | list | torch.Size) and hasattr(module, "eps")
-
-
-def _is_frozen_batch_norm(module: nn.Module) -> bool:
-    buffers = dict(module.named_buffers(recurse=False))
-    return "running_mean" in buffers and "running_var" in buffers and hasattr(module, "eps")
-
-
-def _extras(module: nn.Module) -> tuple[nn.Module, ...] | None:
-    """The modules a fused norm applies after its norm (drop, act); None if it has other children."""
-    children = dict(module.named_children())
-    if not set(children) <= set(_FUSED_CHILDREN):
-        return None
-    return tuple(children[name] for name in _FUSED_CHILDREN if name in children)
-
-
 def _like(module: nn.Module) -> Tensor | None:
     return next((t for t in chain(module.parameters(), module.buffers()) if t.is_floating_point()), None)
 
@@ -217,8 +189,8 @@ def site_of(module: nn.Module) -> Site | None:
     if isinstance(module, _BATCH_AND_INSTANCE):
         positions = next((p for cls, p in _POSITIONS.items() if isinstance(module, cls)), 2)
         return Site(module.num_features, "first", positions)
-    if _has_normalized_shape(module):
-        shape = tuple(module.normalized_shape)
+    if has_normalized_shape(module):
+        shape = tuple(int(d) for d in getattr(module, "normalized_shape"))  # noqa: B009  (duck-typed norms)
         features = math.prod(shape)
         layout = _shape_layout(module, features) if len(shape) == 1 else "last"
         if layout is None:
@@ -226,7 +198,7 @@ def site_of(module: nn.Module) -> Site | None:
         if layout == "first":
             return Site(features, "first", 2, per_position=True)
         return Site(features, "last", None, per_position=True, last_dims=shape)
-    return Site(module.running_mean.numel(), "first", 2)  # a frozen batch norm: (N, C, H, W)
+    return Site(module.get_buffer("running_mean").numel(), "first", 2)  # a frozen batch norm: (N, C, H, W)
 
 
 def _seen(site: Site, shapes: list[tuple[int, ...]]) -> Site | None:
@@ -369,13 +341,7 @@ def swap_norms(model: nn.Module, example: Tensor | None = None, *, type: str, gr
         else:
             new_for[module] = replacement(module, site, type, groups)
     _note_kept(type, kept_single, unreadable, _look_alikes(model), example is not None)
-    if model in new_for:
-        return new_for[model]
-    for module, new in new_for.items():
-        for path in paths[module]:  # every place a shared norm is registered gets the same new one
-            parent, _, name = path.rpartition(".")
-            setattr(model.get_submodule(parent), name, new)
-    return model
+    return replace_modules(model, new_for)  # a shared norm stays shared: every path gets the same new one
 
 
 def _note_kept(kind: str, single: list[str], unreadable: list[str], look_alikes: list[str], traced: bool) -> None:

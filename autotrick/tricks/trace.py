@@ -253,36 +253,6 @@ def trace(model: nn.Module, example: Tensor, *, zero_sources: tuple[nn.Module, .
     return record
 
 
-def final_layers(record: Trace) -> list[nn.Module]:
-    """The layers that make the model's output: modules with parameters of their own and none in
-    their children (a ViT holds its class token itself: it is no layer), norms aside (a head may
-    end in one), whose output reaches the output without passing through another such layer.
-    The classifier of a classification model; two for a distilled ViT's two heads."""
-    from autotrick.tricks.norm import is_norm
-
-    made = record.made_by()
-    found: list[nn.Module] = []
-    seen: set[int] = set()
-    stack = list(record.outputs)
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        layer = next((m for m in made.get(node, []) if not is_norm(m) and _is_layer(m)), None)
-        if layer is not None:
-            if layer not in found:
-                found.append(layer)
-            continue
-        stack.extend(p for p in record.parents[node] if record.is_data[p])
-    return found
-
-
-def _is_layer(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters(recurse=False)) and \
-        not any(True for child in module.children() for _ in child.parameters())
-
-
 def same_for_every_sample(x: Tensor) -> bool:
     """Whether every sample (dim 0) of `x` is the same, to float32 precision."""
     x = x.detach().float().flatten(1)
