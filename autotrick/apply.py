@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from autotrick.augment.policies import Policy
-from autotrick.errors import ConfigError
+from autotrick.diagnose import check_model, count_activations
+from autotrick.errors import ConfigError, ModelCheckWarning, TrickNote
 from autotrick.params import Value
 from autotrick.tricks import defaults
 from autotrick.tricks.augment import AUGMENT, policy_transform
@@ -38,6 +40,7 @@ from autotrick.tricks.distill import DISTILL, as_teacher, distillation_loss
 from autotrick.tricks.dropout import DROPOUT, set_dropout
 from autotrick.tricks.early_stop import EARLY_STOP, EarlyStopper
 from autotrick.tricks.finetune import FINETUNE, backbone_parameters, lr_multipliers, set_frozen
+from autotrick.tricks.head import classifier
 from autotrick.tricks.init import INIT, initialize
 from autotrick.tricks.loss import LOSS, class_weights, focal_loss
 from autotrick.tricks.mixing import MIX, mix_batch
@@ -57,7 +60,6 @@ from autotrick.tricks.pruning import (
 from autotrick.tricks.reparam import REPARAM, remove_reparametrizations, reparametrize
 from autotrick.tricks.schedule import SCHEDULE, build_scheduler
 from autotrick.tricks.smoothing import SMOOTHING, soft_cross_entropy, soft_targets
-from autotrick.tricks.trace import final_layers, trace
 
 # The same recipe and seed must train to the same model on any number of CPU threads: a search
 # trains each trial on cpus_per_trial threads, `autotrick train --recipe` on every core. MKL's
@@ -95,16 +97,16 @@ def prepare_trained(model: nn.Module, values: Mapping[str, Value], *, example_in
     model = set_dropout(model, example_inputs, **DROPOUT.kwargs(values))
     prune = PRUNE.kwargs(values)
     if prune["ratio"] and prune.get("structured"):
-        prune_channels(model, ratio=float(prune["ratio"]), example_inputs=example_inputs,  # type: ignore[arg-type]
-                       keep=final_layers(trace(model, example_inputs)))
+        prune_channels(model, ratio=float(prune["ratio"]), example_inputs=example_inputs,
+                       keep=classifier(model, example_inputs))
     return model
 
 
-def _optimizer(model: nn.Module, values: Mapping[str, Value], num_classes: int) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, values: Mapping[str, Value], head: list[nn.Module]) -> torch.optim.Optimizer:
     """The optimizer, with the finetune trick's per-layer learning rates where it sets them."""
     finetune = FINETUNE.kwargs(values)
-    multipliers = lr_multipliers(model, num_classes=num_classes, **finetune)  # type: ignore[arg-type]
-    return build_optimizer(model, lr_multipliers=multipliers, **OPTIM.kwargs(values))  # type: ignore[arg-type]
+    multipliers = lr_multipliers(model, head=head, **finetune)
+    return build_optimizer(model, lr_multipliers=multipliers, **OPTIM.kwargs(values))
 
 
 @dataclass
@@ -125,10 +127,12 @@ class TrainingSetup:
     steps_per_epoch: int = 1
     teacher: nn.Module | None = None           # distillation's teacher (eval mode, frozen)
     class_counts: Tensor | None = None         # training labels per class, for loss.alpha
+    head: list[nn.Module] = field(default_factory=list)  # the classifier layer(s), for finetune
+    model_check: str = ""                      # the model check's warning ("" if none, or not run)
 
     def __post_init__(self) -> None:
         self._scaler = grad_scaler(self.precision, self.device)
-        self._l1 = float(OPTIM.kwargs(self.values)["l1"])  # type: ignore[arg-type]
+        self._l1 = float(OPTIM.kwargs(self.values)["l1"])
         self._smoothing = SMOOTHING.kwargs(self.values)
         self._clip = CLIP.kwargs(self.values)
         self._mix = MIX.kwargs(self.values)
@@ -139,17 +143,17 @@ class TrainingSetup:
             if self.class_counts is None:
                 raise ConfigError("loss.alpha weighs classes by their counts: pass class_counts= (training labels "
                                   "per class) to apply_tricks")
-            self._class_weights = class_weights(self.class_counts, float(self._loss["alpha"])).to(self.device)  # type: ignore[arg-type]
+            self._class_weights = class_weights(self.class_counts, float(self._loss["alpha"])).to(self.device)
         self._distill = DISTILL.kwargs(self.values)
-        self._freeze_epochs = int(FINETUNE.kwargs(self.values)["freeze_epochs"])  # type: ignore[arg-type]
-        self._backbone = backbone_parameters(self.model, self.num_classes) if self._freeze_epochs else []
+        self._freeze_epochs = int(FINETUNE.kwargs(self.values)["freeze_epochs"])
+        self._backbone = backbone_parameters(self.model, self.head) if self._freeze_epochs else []
         self._sparsity = 0.0  # reached by gradual pruning so far
         self._kept_zeros: Any = None
         self.on_epoch_start(0)  # the state of the first epoch: a frozen backbone, renorm held
 
     def targets(self, labels: Tensor) -> Tensor:
         """Soft targets with label smoothing: (1 - eps) * one_hot + eps / K."""
-        return soft_targets(labels, self.num_classes, **self._smoothing)  # type: ignore[arg-type]
+        return soft_targets(labels, self.num_classes, **self._smoothing)
 
     def augment(self, images: Tensor) -> Tensor:
         """The augmentation policy on a uint8 batch, where it is (each image its own random ops)."""
@@ -167,7 +171,7 @@ class TrainingSetup:
         """Soft cross-entropy (or focal loss), with distillation from the teacher's logits for the
         same `inputs` when there is a teacher, plus the L1 penalty l1 * sum |w|."""
         if self._loss.get("name") == "focal":
-            loss = focal_loss(logits, targets, gamma=float(self._loss["gamma"]),  # type: ignore[arg-type]
+            loss = focal_loss(logits, targets, gamma=float(self._loss["gamma"]),
                               alpha=self._class_weights)
         else:
             loss = soft_cross_entropy(logits, targets)
@@ -176,8 +180,8 @@ class TrainingSetup:
                 raise ValueError("distill.teacher is set: pass the batch too, setup.loss(logits, targets, inputs=x)")
             with torch.no_grad():
                 teacher_logits = self.teacher(inputs)
-            loss = distillation_loss(logits, teacher_logits, loss, temperature=float(self._distill["temperature"]),  # type: ignore[arg-type]
-                                     alpha=float(self._distill["alpha"]))  # type: ignore[arg-type]
+            loss = distillation_loss(logits, teacher_logits, loss, temperature=float(self._distill["temperature"]),
+                                     alpha=float(self._distill["alpha"]))
         return loss + l1_penalty(self.model, self._l1) if self._l1 else loss
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -187,8 +191,8 @@ class TrainingSetup:
             set_frozen(self._backbone, epoch < self._freeze_epochs)
         if self.prune_ratio > 0 and self._prune.get("schedule") == "gradual":
             sparsity = gradual_sparsity(epoch, epochs=self.epochs, ratio=self.prune_ratio,
-                                        gradual_start=float(self._prune["gradual_start"]),  # type: ignore[arg-type]
-                                        gradual_end=float(self._prune["gradual_end"]))  # type: ignore[arg-type]
+                                        gradual_start=float(self._prune["gradual_start"]),
+                                        gradual_end=float(self._prune["gradual_end"]))
             if sparsity > self._sparsity:  # only ever up: a pruned weight stays pruned
                 self._prune_to(sparsity)
                 self._sparsity = sparsity
@@ -209,11 +213,11 @@ class TrainingSetup:
         if self._backbone:
             set_frozen(self._backbone, False)  # the new optimizer must hold them
         step = self.scheduler.last_epoch
-        self.optimizer = _optimizer(self.model, self.values, self.num_classes)
+        self.optimizer = _optimizer(self.model, self.values, self.head)
         self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=self.epochs,
                                          start_step=step, **SCHEDULE.kwargs(self.values))
         if self._backbone:
-            self._backbone = backbone_parameters(self.model, self.num_classes)
+            self._backbone = backbone_parameters(self.model, self.head)
             set_frozen(self._backbone, step < self._freeze_epochs * self.steps_per_epoch)
 
     def step(self, loss: Tensor) -> None:
@@ -221,7 +225,7 @@ class TrainingSetup:
         self.optimizer.zero_grad(set_to_none=True)
         self._scaler.scale(loss).backward()
         self._scaler.unscale_(self.optimizer)
-        clip_gradients(self.model, **self._clip)  # type: ignore[arg-type]
+        clip_gradients(self.model, **self._clip)
         self._scaler.step(self.optimizer)
         self._scaler.update()
         self.scheduler.step()
@@ -232,11 +236,11 @@ class TrainingSetup:
 
     @property
     def prune_ratio(self) -> float:
-        return float(self._prune["ratio"])  # type: ignore[arg-type]
+        return float(self._prune["ratio"])
 
     @property
     def finetune_epochs(self) -> int:
-        return int(self._prune.get("finetune_epochs") or 0) if self.prune_ratio > 0 else 0  # type: ignore[arg-type]
+        return int(self._prune.get("finetune_epochs") or 0) if self.prune_ratio > 0 else 0
 
     def prune(self, example_inputs: Tensor | None = None) -> None:
         """Prune to the ratio after training: zero the smallest weights globally (the mask holds
@@ -249,7 +253,7 @@ class TrainingSetup:
             raise ValueError("prune.structured: pass a batch the model takes, setup.prune(example_inputs=x)")
         remove_reparametrizations(self.model)
         prune_channels(self.model, ratio=self.prune_ratio, example_inputs=example_inputs,
-                       keep=final_layers(trace(self.model, example_inputs)))
+                       keep=classifier(self.model, example_inputs))
         self._rebuild_optimizer()
 
     def finish_pruning(self) -> Sparsity:
@@ -274,24 +278,37 @@ def apply_tricks(values: Mapping[str, Value], model: nn.Module, *, num_classes: 
                  class_counts: Tensor | None = None) -> TrainingSetup:
     """Apply `values` (missing ones at their defaults) to `model` and build everything else.
 
-    `example`: a small batch for prepare_model. `teacher`: the distillation teacher's model
-    (default: loaded from distill.teacher when that is a checkpoint file; an MLflow reference is
-    loaded with autotrick.load_model). `class_counts`: the training labels per class, which
-    loss.alpha needs."""
-    from autotrick.checkpoint import load_teacher
-
+    `example`: a small batch of inputs as the loop holds them (uint8 images are read as x / 255),
+    for prepare_model, the classifier (finetune) and, when `prepare`, the model check that the
+    trainer runs too: its warning is raised (ModelCheckWarning) and kept on `setup.model_check`.
+    `teacher`: the distillation teacher's model, which distill.teacher needs (autotrick.load_model
+    reads a reference). `class_counts`: the training labels per class, which loss.alpha needs."""
     values = complete(values)
     device = torch.device(device)
     model = model.to(device)  # first: the example runs where the model will train
+    example = None if example is None else as_model_input(example).to(device)
+    if values.get("distill.teacher") is not None and teacher is None:
+        raise ConfigError(f"distill.teacher {values['distill.teacher']}: pass the teacher's model, "
+                          f"teacher=autotrick.load_model({str(values['distill.teacher'])!r})")
+    activations = count_activations(model, example) if prepare and example is not None else None
     if prepare:
-        model = prepare_model(model, values, None if example is None else example.to(device))
+        if example is None:
+            say_example_missing(values)
+        model = prepare_model(model, values, example)
+    finetune = FINETUNE.kwargs(values)
+    uses_head = finetune["freeze_epochs"] or finetune["head_lr_mult"] != 1.0 or finetune["layer_decay"] != 1.0
+    head = classifier(model, example, num_classes=num_classes) if uses_head else []
     # Training-time reparametrization (removed again by export()): after the model-side tricks,
     # whoever applied those.
-    model = reparametrize(model, **REPARAM.kwargs(values)).to(device)  # type: ignore[arg-type]
-    optimizer = _optimizer(model, values, num_classes)
-    reference = values.get("distill.teacher")
-    if reference is not None:
-        teacher = as_teacher(teacher, device) if teacher is not None else load_teacher(str(reference), device=device)
+    model = reparametrize(model, **REPARAM.kwargs(values)).to(device)
+    optimizer = _optimizer(model, values, head)
+    if values.get("distill.teacher") is not None:
+        teacher = as_teacher(teacher, device)  # type: ignore[arg-type]
+    model_check = ""
+    if activations is not None:
+        model_check = check_model(model, example, activations_before=activations)  # type: ignore[arg-type]
+        if model_check:
+            warnings.warn(model_check, ModelCheckWarning, stacklevel=2)
     return TrainingSetup(
         model=model,
         optimizer=optimizer,
@@ -300,12 +317,45 @@ def apply_tricks(values: Mapping[str, Value], model: nn.Module, *, num_classes: 
         values=values,
         num_classes=num_classes,
         device=device,
-        precision=resolve_precision(device=device, **PRECISION.kwargs(values)),  # type: ignore[arg-type]
+        precision=resolve_precision(device=device, **PRECISION.kwargs(values)),
         train_transform=policy_transform(**AUGMENT.kwargs(values)),
-        early_stopper=EarlyStopper(**EARLY_STOP.kwargs(values)),  # type: ignore[arg-type]
+        early_stopper=EarlyStopper(**EARLY_STOP.kwargs(values)),
         generator=torch.Generator().manual_seed(seed),
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
-        teacher=teacher if reference is not None else None,
+        teacher=teacher if values.get("distill.teacher") is not None else None,
         class_counts=class_counts,
+        head=head,
+        model_check=model_check,
     )
+
+
+def as_model_input(example: Tensor) -> Tensor:
+    """A batch as the loop holds it, as the model takes it: uint8 images become x / 255 (the
+    README's loop), other integer tensors floats; a float batch is taken as it is."""
+    if example.dtype == torch.uint8:
+        return example.float() / 255
+    return example if example.is_floating_point() else example.float()
+
+
+# Model-side tricks that read the model's layout from one traced pass, and what they guess without it.
+_GUESSED_WITHOUT_EXAMPLE = {
+    "norm.type": "which dimensions each norm normalizes",
+    "dropout.p": "the classifier (the last Linear)",
+}
+
+
+def say_example_missing(values: Mapping[str, Value]) -> None:
+    """Without an example batch: a ConfigError for a trick that cannot do without one, one line
+    for those that guess the model's layout instead (before anything breaks later)."""
+    if values.get("init.zero_last_norm"):
+        raise ConfigError("init.zero_last_norm finds each residual branch in one forward pass: give an example "
+                          "batch, apply(..., example=x)")
+    if values.get("norm.type") == "instance":
+        raise ConfigError("norm.type=instance is undefined on a 1x1 map, which only a forward pass shows: give an "
+                          "example batch, apply(..., example=x)")
+    guessed = [f"{key}={values[key]} guesses {what}" for key, what in _GUESSED_WITHOUT_EXAMPLE.items()
+               if values.get(key) not in (None, "keep")]
+    if guessed:
+        warnings.warn(f"no example batch: {'; '.join(guessed)}; give apply(..., example=x) to trace the model",
+                      TrickNote, stacklevel=3)

@@ -18,6 +18,11 @@ class TrickNote(UserWarning):
     where the asked one is undefined, where a Dropout went). The trainer prints each one."""
 
 
+class ModelCheckWarning(UserWarning):
+    """The model check's one line (autotrick.diagnose): the tricks damaged the model (an activation
+    lost, features that no longer depend on the input, a classifier without gradient)."""
+
+
 class UserCodeError(ConfigError):
     """The user's own function (a `module:function` model or data set) raised: one line names the
     function and the exception; the exception is kept as `__cause__`, its traceback shown with -v."""

@@ -36,7 +36,7 @@ class When:
         if self.is_set:
             return value is not None
         if self.above is not None:
-            return value is not None and float(value) > self.above  # type: ignore[arg-type]
+            return value is not None and float(value) > self.above
         return value in self.values
 
     def __str__(self) -> str:
@@ -79,7 +79,9 @@ class Param:
         if self.kind != "choice" and self.kind != "bool":
             assert self.low is not None and self.high is not None
             return Range(self.low, self.high, log=self.log, integer=self.kind == "int")
-        return self.allowed
+        allowed = self.allowed
+        assert not isinstance(allowed, Text)  # a str parameter's is its Fixed default, above
+        return allowed
 
     @functools.cached_property
     def allowed(self) -> Domain | Text:
@@ -283,10 +285,12 @@ class Trick:
         """The parameter's key in a flat set of values: "norm" + "groups" -> "norm.groups"."""
         return f"{self.name}.{param}"
 
-    def kwargs(self, values: Mapping[str, Value]) -> dict[str, Value]:
+    def kwargs(self, values: Mapping[str, Value]) -> dict[str, Any]:
         """This trick's values, as keyword arguments of its function: {"norm.type": "group",
         "optim.lr": 0.1} -> {"type": "group"} for the norm trick. A parameter that `values` does
-        not hold (a conditional one whose parent is off) is left out: the function's default holds."""
+        not hold (a conditional one whose parent is off) is left out: the function's default holds.
+        Typed Any: each value has passed its Param's domain (kind, range, choices), which is what
+        the function's annotation asks; a type checker cannot follow that through the key."""
         return {p.name: values[self.key(p.name)] for p in self.params if self.key(p.name) in values}
 
     def defaults(self) -> dict[str, Value]:

@@ -89,11 +89,20 @@ class Recipe:
         """Apply the model-side tricks to `model` and build the optimizer, per-step schedule,
         loss, augmentation and pruning step for a training loop: returns an
         autotrick.apply.TrainingSetup (see examples/own_loop.py). `example`, a small batch of
-        inputs, lets the model-side tricks see the model run once: where the classifier is, what
-        each norm sees; init.zero_last_norm needs it. `teacher` (for distill.teacher, e.g.
-        autotrick.load_model(ref)) and `class_counts` (for loss.alpha): see apply_tricks."""
+        inputs as the loop holds them (uint8 images too), lets the model-side tricks see the model
+        run once: where the classifier is, what each norm sees; then the model check looks at the
+        result, as `autotrick train` does (a ModelCheckWarning, and `setup.model_check`).
+        init.zero_last_norm and norm.type=instance need it; without it, one line says what the
+        other tricks guess. `teacher` (for distill.teacher: default, the checkpoint file it names;
+        autotrick.load_model(ref) reads an MLflow reference) and `class_counts` (for loss.alpha):
+        see apply_tricks."""
         from autotrick.apply import apply_tricks
 
+        reference = self.tricks.get("distill.teacher")
+        if reference is not None and teacher is None:
+            from autotrick.checkpoint import load_teacher
+
+            teacher = load_teacher(str(reference), device=device)
         return apply_tricks(self.tricks, model, num_classes=num_classes, steps_per_epoch=steps_per_epoch,
                             epochs=epochs or int(self.training.get("epochs", 15)), device=device,
                             seed=self.training.get("seed", 0) if seed is None else seed, example=example,

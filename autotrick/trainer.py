@@ -118,7 +118,7 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
     model, notes = _prepare(model, values, example)
     teacher = values.get("distill.teacher")
     setup = apply_tricks(values, model, num_classes=data.size.num_classes, steps_per_epoch=steps_per_epoch,
-                         epochs=config.epochs, device=device, seed=config.seed, prepare=False,
+                         epochs=config.epochs, device=device, seed=config.seed, prepare=False, example=example,
                          teacher=load_teacher(str(teacher), dict(config.teachers), device) if teacher else None,
                          class_counts=data.class_counts() if values.get("loss.alpha") is not None else None)
     warning = check_model(setup.model, example, activations_before=activations)
