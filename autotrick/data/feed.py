@@ -20,14 +20,6 @@ from autotrick.data.placement import plan_data
 from autotrick.data.sources import DataSize, ImageData, describe_data, load_data
 from autotrick.device import to_device
 
-VAL_BATCH = 1024  # evaluation batch at most, in memory and streamed alike (so the two sum alike)
-VAL_BATCH_VALUES = 2**23  # and at most 32 MB as float32: 1024 CIFAR images, 55 at 3x224x224
-
-
-def val_batch_size(size: DataSize) -> int:
-    """The evaluation batch: VAL_BATCH images, fewer when they are big."""
-    return max(1, min(VAL_BATCH, VAL_BATCH_VALUES // (size.in_channels * size.image_size[0] * size.image_size[1])))
-
 
 class Feed(Protocol):
     """Batches of one data set on the trainer's device."""
@@ -44,7 +36,7 @@ class Feed(Protocol):
         ...
 
     def val_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """The validation split, in order, val_batch_size(size) at a time."""
+        """The validation split, in order, size.val_batch_size at a time."""
         ...
 
     def class_counts(self) -> Tensor:
@@ -73,7 +65,7 @@ class MemoryFeed:
             yield self.data.train_x[index], self.data.train_y[index]
 
     def val_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        step = val_batch_size(self.size)
+        step = self.size.val_batch_size
         for start in range(0, len(self.data.val_y), step):
             yield self.data.val_x[start:start + step], self.data.val_y[start:start + step]
 

@@ -31,6 +31,7 @@ from PIL import Image
 from torch import Tensor
 
 from autotrick.data import synthetic
+from autotrick.data.size import DataSize
 from autotrick.entrypoints import (
     FORMS,
     absolute_spec,
@@ -99,25 +100,6 @@ _ON_DISK: dict[str, _OnDisk] = {
 
 DATASETS: tuple[str, ...] = ("digits", *_ON_DISK)
 EXPECTED = f"expected one of {', '.join(DATASETS)}, synthetic:SHAPE, imagefolder:DIR, {FORMS}"
-
-
-@dataclass(frozen=True)
-class DataSize:
-    """What a data set is, told without decoding it where possible: enough to build the model and
-    to decide whether it fits in memory (autotrick.data.placement)."""
-
-    name: str
-    num_classes: int
-    in_channels: int
-    image_size: tuple[int, int]
-    train_count: int
-    val_count: int
-    streamable: bool  # can be read batch by batch (image folders, the user's lazy datasets)
-
-    @property
-    def decoded_bytes(self) -> int:
-        """Both splits as uint8 tensors: what the in-memory path holds."""
-        return (self.train_count + self.val_count) * self.in_channels * self.image_size[0] * self.image_size[1]
 
 
 def load_data(spec: str, data_dir: str | Path | None = None, *, image_size: int | None = None) -> ImageData:

@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from autotrick.data.feed import val_batch_size
 from autotrick.data.sources import (
     DataSize,
     channel_histograms,
@@ -130,7 +129,7 @@ class StreamFeed:
         return self._pass([indices[i:i + batch_size] for i in range(0, len(indices), batch_size)])
 
     def val_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        first, end, step = self.size.train_count, self.size.train_count + self.size.val_count, val_batch_size(self.size)
+        first, end, step = self.size.train_count, self.size.train_count + self.size.val_count, self.size.val_batch_size
         return self._pass([list(range(i, min(i + step, end))) for i in range(first, end, step)])
 
     def class_counts(self) -> Tensor:
