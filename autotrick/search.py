@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 # Ray reads these when it is imported and when workers start: no per-trial CSV/JSON/TensorBoard
 # files (MLflow gets everything from tracking.py). Token authentication: `ray start --head` turns
@@ -156,7 +156,8 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
     def report(epoch: EpochReport) -> None:
         metrics = {**epoch.metrics(), **system.sample(), "outcome": epoch.outcome.value if epoch.outcome else "",
                    "reason": epoch.warning, STEP_LRS: [list(pair) for pair in epoch.step_lrs]}
-        if not math.isfinite(metrics[metric]):
+        value = metrics[metric]
+        if isinstance(value, float) and not math.isfinite(value):
             metrics[metric] = worst  # ASHA compares this number: a NaN would poison its rungs
         tune.report(metrics)
 
@@ -259,7 +260,7 @@ class _TrickSearcher(Searcher):
         existing = existing_trials(storage, study_name)
         # A resumed study re-seeds the sampler past the trials it has, so it does not redraw them.
         sampler = optuna.samplers.TPESampler(seed=seed + existing, constant_liar=True, n_startup_trials=8)
-        direction = "maximize" if space.budget.mode == "max" else "minimize"
+        direction: Literal["maximize", "minimize"] = "maximize" if space.budget.mode == "max" else "minimize"
         self.study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
                                          direction=direction, load_if_exists=True)
         self._trials: dict[str, optuna.Trial] = {}   # Ray's trial id -> the Optuna trial it runs
@@ -304,11 +305,11 @@ class _TrickSearcher(Searcher):
         self._remember_epoch(trial_id, result)
         outcome = _outcome(result, error=error, stopped_by_asha=trial_id in self._scheduler.stopped)
         value = result.get(self.metric)
-        finite = isinstance(value, int | float) and math.isfinite(value)
         config = self._configs.pop(trial_id, {})
         record = TrialRecord(
             number=trial.number, values=_trick_values(config), outcome=outcome,
-            metric=float(value) if finite and not outcome.failed else None,
+            metric=float(value) if isinstance(value, int | float) and math.isfinite(value) and not outcome.failed
+            else None,
             epochs=int(result.get("epoch", 0) or 0), history=self._history.pop(trial_id, []),
             reason=str(result.get("reason", "")), baseline=bool(config.get(BASELINE_KEY)),
             error=str(result.get(TRACEBACK, "")), step_lrs=self._step_lrs.pop(trial_id, []),
@@ -434,7 +435,7 @@ def _start_ray(options: SearchOptions) -> bool:
         with quiet:
             ray.init(address=options.address, num_cpus=None if options.address else options.num_cpus,
                      include_dashboard=False, log_to_driver=options.verbose,
-                     logging_level="INFO" if options.verbose else "ERROR",
+                     logging_level=logging.INFO if options.verbose else logging.ERROR,
                      runtime_env={"worker_process_setup_hook": "autotrick.search.warm_worker",
                                   "env_vars": {_PRELOAD_ENV: preload}})
     except ConnectionError as error:

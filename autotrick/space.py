@@ -209,7 +209,8 @@ def _parse_budget(raw: Mapping[str, Any], fail: Any) -> Budget:
     values = {k: _positive_int(v, f"budget.{k}", fail) for k, v in raw.items() if k != "metric"}
     if "metric" in raw and raw["metric"] not in METRICS:
         raise fail("budget.metric", f"{raw['metric']!r} is not allowed; expected one of {', '.join(METRICS)}")
-    budget = Budget(**values, **({"metric": raw["metric"]} if "metric" in raw else {}))
+    given: dict[str, Any] = {**values, **({"metric": raw["metric"]} if "metric" in raw else {})}
+    budget = Budget(**given)
     if budget.grace_epochs > budget.max_epochs:
         raise fail("budget.grace_epochs", f"{budget.grace_epochs} must be <= max_epochs ({budget.max_epochs})")
     return budget

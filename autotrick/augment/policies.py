@@ -212,7 +212,9 @@ class Programs:
         if device.type == "cpu":
             return self.prepared
         if device not in self._on_device:
-            self._on_device[device] = Prepared(*(t if t is None else t.to(device) for t in self.prepared))
+            params, tables, maps = self.prepared
+            self._on_device[device] = Prepared(params.to(device), tables.to(device),
+                                               None if maps is None else maps.to(device))
         return self._on_device[device]
 
 
@@ -436,9 +438,9 @@ def _apply(images: Tensor, steps: Sequence[Step]) -> Tensor:
         prepared = programs.on(images.device)
         ordered = _rows(images).index_select(0, order)  # a new tensor: its runs can be changed in place
         ordered_images = ordered.view(torch.uint8).view(n, *shape)
-        for group, start, stop in runs:
+        for op_group, start, stop in runs:
             run = ordered_images[start:stop]
-            run.copy_(_RUN[group](run, prepared, drawn[start:stop], column))
+            run.copy_(_RUN[op_group](run, prepared, drawn[start:stop], column))
         images = torch.empty_like(images)
         _rows(images).index_copy_(0, order, ordered)
     return images

@@ -121,8 +121,8 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     train = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=max_epochs,
                         batch_size=space.batch_size, seed=seed,
                         device="auto" if gpus is None else "cuda" if gpus > 0 else "cpu", data_mode=plan.mode)
-    teacher = space.domains.get("distill.teacher")
-    teacher = teacher.value if isinstance(teacher, Fixed) else None  # free text is only ever fixed
+    fixed = space.domains.get("distill.teacher")
+    teacher = fixed.value if isinstance(fixed, Fixed) else None  # free text is only ever fixed
     if request.weights or teacher is not None:
         spec, weights_file, teachers = resolve_model_files(
             model=request.model and model, default_model=model, data=data, data_dir=data_dir,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autotrick.errors import first_line
 from autotrick.params import value_text
@@ -119,7 +119,7 @@ def _scatter_clipped(axes: Axes, records: list[TrialRecord], low: float, high: f
     """Points inside the range as they are; points outside on its edge as triangles."""
     if not records:
         return
-    style = {"color": "C0"} if filled else {"facecolors": "none", "edgecolors": "C0"}
+    style: dict[str, Any] = {"color": "C0"} if filled else {"facecolors": "none", "edgecolors": "C0"}
     inside = [r for r in records if low <= r.metric <= high]  # type: ignore[operator]
     axes.scatter([r.number for r in inside], [r.metric for r in inside], zorder=3, label=label, **style)  # type: ignore[arg-type]
     below = [r.number for r in records if r.metric < low]  # type: ignore[operator]
@@ -227,7 +227,7 @@ def choice_figure(study: optuna.Study, name: str, target: str) -> Figure:
                      zorder=3, label="trial" if x == 0 else None)
         mean = sum(values) / len(values)
         axes.hlines(mean, x - 0.3, x + 0.3, color="C1", linewidth=2.5, zorder=4,
-                    label="mean" if x == 0 else None)
+                    label="mean" if x == 0 else "_nolegend_")  # matplotlib's label for no legend entry
     axes.set_xticks(range(len(choices)), [f"{c}\n(n={len(by_choice[c])})" for c in choices])
     axes.legend(loc="best", fontsize="small")
     return axes.figure  # type: ignore[return-value]

@@ -379,8 +379,8 @@ def _source_tags() -> dict[str, str]:
 def _dataset_inputs(data: ImageData, info: SearchInfo) -> list[DatasetInput]:
     """The data set as MLflow dataset inputs, training and validation split, with a digest of
     their tensors (MLflow's own digest reads only their first 10,000 values)."""
-    import mlflow.data
     from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.numpy_dataset import from_numpy
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     inputs = []
@@ -390,8 +390,8 @@ def _dataset_inputs(data: ImageData, info: SearchInfo) -> list[DatasetInput]:
         for tensor in (x, y):
             digest.update(tensor.contiguous().numpy().data)
         features, targets = x.numpy(), y.numpy()
-        dataset = mlflow.data.from_numpy(features, source=source, targets=targets,
-                                         name=f"{data.name}-{context}", digest=digest.hexdigest()[:16])
+        dataset = from_numpy(features, source=source, targets=targets, name=f"{data.name}-{context}",
+                             digest=digest.hexdigest()[:16])
         inputs.append(DatasetInput(Dataset(**dataset.to_dict()), tags=[InputTag("mlflow.data.context", context)]))
     return inputs
 

@@ -265,7 +265,7 @@ def fluent_api_on(tracking_uri: str, experiment_id: str | None = None) -> Iterat
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None: back to the default
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # type: ignore[arg-type]  # None: back to the default (untyped)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -14,6 +14,8 @@ held for the first HOLD of it, then linear to D_MAX at D_FULL and to R_MAX at R_
 Written here: torch has no batch renormalization.
 """
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
@@ -21,7 +23,13 @@ R_MAX, D_MAX = 3.0, 5.0
 HOLD, D_FULL, R_FULL = 0.05, 0.15, 0.25
 
 
-class _Renorm:
+if TYPE_CHECKING:  # the type checker reads BatchNorm's attributes; at run time a plain mixin
+    _BatchNormBase = nn.BatchNorm2d
+else:
+    _BatchNormBase = object
+
+
+class _Renorm(_BatchNormBase):
     """The batch-renorm forward for a torch BatchNorm class (the running statistics, the affine
     parameters and eval are BatchNorm's). r_max and d_max are plain floats: set them, no sync."""
 
@@ -29,9 +37,10 @@ class _Renorm:
     d_max: float = 0.0
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.running_mean is None:
-            return super().forward(x)  # type: ignore[misc]
-        self._check_input_dim(x)  # type: ignore[attr-defined]
+        running_mean, running_var, tracked = self.running_mean, self.running_var, self.num_batches_tracked
+        if not self.training or running_mean is None or running_var is None or tracked is None:
+            return super().forward(x)  # eval, or no running statistics (track_running_stats=False)
+        self._check_input_dim(x)
         dims = [0, *range(2, x.dim())]
         count = x.numel() // x.shape[1]
         if count < 2:
@@ -40,22 +49,26 @@ class _Renorm:
         xf = x.float()  # statistics in float32, under autocast too, as BatchNorm's
         var, mean = torch.var_mean(xf, dim=dims, correction=0)
         std = (var + self.eps).sqrt()
-        running_std = (self.running_var + self.eps).sqrt()
+        running_std = (running_var + self.eps).sqrt()
         r = (std / running_std).clamp(1 / self.r_max, self.r_max).detach()
-        d = ((mean - self.running_mean) / running_std).clamp(-self.d_max, self.d_max).detach()
+        d = ((mean - running_mean) / running_std).clamp(-self.d_max, self.d_max).detach()
         y = (xf - mean.view(shape)) / std.view(shape) * r.view(shape) + d.view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        self._update_running(mean.detach(), var.detach() * count / (count - 1))
+        _update_running(running_mean, running_var, tracked, self.momentum, mean.detach(),
+                        var.detach() * count / (count - 1))
         return y.to(x.dtype)
 
-    @torch.no_grad()
-    def _update_running(self, mean: Tensor, unbiased_var: Tensor) -> None:
-        self.num_batches_tracked.add_(1)
-        # momentum None is BatchNorm's cumulative average (which reads the count back, as torch's does)
-        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        self.running_mean.lerp_(mean, momentum)
-        self.running_var.lerp_(unbiased_var, momentum)
+
+
+@torch.no_grad()
+def _update_running(running_mean: Tensor, running_var: Tensor, tracked: Tensor, momentum: float | None,
+                    mean: Tensor, unbiased_var: Tensor) -> None:
+    tracked.add_(1)
+    # momentum None is BatchNorm's cumulative average (which reads the count back, as torch's does)
+    factor = momentum if momentum is not None else 1.0 / float(tracked)
+    running_mean.lerp_(mean, factor)
+    running_var.lerp_(unbiased_var, factor)
 
 
 class BatchRenorm1d(_Renorm, nn.BatchNorm1d):

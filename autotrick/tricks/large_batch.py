@@ -17,7 +17,7 @@ where it is optional, and torchao has no LARS or LAMB.
 """
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -36,6 +36,12 @@ class Lars(torch.optim.Optimizer):
                  trust_coef: float = 0.001, adapt: bool = True) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                                   "trust_coef": trust_coef, "adapt": adapt})
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -65,6 +71,12 @@ class Lamb(torch.optim.Optimizer):
                  eps: float = 1e-6, weight_decay: float = 0.0, adapt: bool = True) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "adapt": adapt})
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:

@@ -8,7 +8,7 @@ norm parameters are left out of the adaptation (autotrick.tricks.large_batch has
 Parameter groups may carry their own lr (the finetune trick's head and layer-wise decay).
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ OPTIM = Trick(
 
 
 # Every optimizer but SGD takes only lr here; its weight decay comes from the parameter groups.
-_ADAPTIVE: dict[str, type[torch.optim.Optimizer]] = {
+_ADAPTIVE: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,  # decoupled: w -= lr * wd * w, outside the adaptive step
     "adam": torch.optim.Adam,  # L2: g += wd * w, rescaled by the adaptive step like any gradient
     "rmsprop": torch.optim.RMSprop,

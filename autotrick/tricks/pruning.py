@@ -30,7 +30,7 @@ from torch.nn.utils import prune
 from torch.utils.hooks import RemovableHandle
 
 from autotrick.params import Param, Trick, When
-from autotrick.tricks.init import WEIGHT_LAYERS
+from autotrick.tricks.init import WEIGHT_LAYERS, WeightLayer
 
 _GRADUAL = When("schedule", ("gradual",))
 
@@ -64,7 +64,7 @@ class Sparsity:
     total_params: int
 
 
-def _prunable(model: nn.Module) -> list[nn.Module]:
+def _prunable(model: nn.Module) -> list[WeightLayer]:
     """The conv and linear layers of `model`, less the out_proj of nn.MultiheadAttention: attention
     reads out_proj.weight without calling out_proj, so the mask would not be re-applied."""
     attention = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
@@ -130,7 +130,7 @@ def keep_pruned(model: nn.Module, optimizer: torch.optim.Optimizer,
     hook's handle; `.remove()` lets the zeros go."""
     if masks is None:
         masks = pruning_masks(model)
-    weights = [(model.get_submodule(name).weight, mask) for name, mask in masks.items()]
+    weights = [(_weight(model.get_submodule(name)), mask) for name, mask in masks.items()]
 
     @torch.no_grad()
     def reapply(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
@@ -171,7 +171,14 @@ def make_pruning_permanent(model: nn.Module) -> None:
 # next forward: the two helpers below read what the forward pass will use.
 def _weight_as_used(layer: nn.Module) -> Tensor:
     mask = getattr(layer, "weight_mask", None)
-    return layer.weight if mask is None else layer.weight_orig * mask
+    return _weight(layer) if mask is None else layer.get_parameter("weight_orig") * mask
+
+
+def _weight(layer: nn.Module) -> Tensor:
+    """The layer's weight as its forward reads it: a Parameter, or a pruned weight's w_orig * mask."""
+    weight = getattr(layer, "weight")  # noqa: B009  (a plain attribute while pruning holds a mask)
+    assert isinstance(weight, Tensor)
+    return weight
 
 
 def _params_as_used(model: nn.Module) -> Iterator[Tensor]:

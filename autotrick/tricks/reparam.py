@@ -52,6 +52,6 @@ def remove_reparametrizations(model: nn.Module) -> bool:
     (weight_norm's weight becomes a new Parameter: an optimizer over the old ones must be rebuilt.)"""
     found = [m for m in model.modules() if parametrize.is_parametrized(m)]
     for module in found:
-        for name in list(module.parametrizations):
+        for name, _ in list(module.get_submodule("parametrizations").named_children()):
             parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return bool(found)
