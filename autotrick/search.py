@@ -11,10 +11,8 @@ What is added to the glue a user writes by hand, and why:
   without losing or repeating trials;
 - the first trial is the baseline (every trick off), so each search says what its tricks gained;
 - an interrupted `fit()` returns normally: the trial count is checked, not trusted;
-- GPUs by default: `gpus_per_trial=None` (auto, on a cluster) is resolved once connected: one GPU
-  per trial when the cluster has one, none otherwise. A trial with a GPU share trains on CUDA,
-  unless AUTOTRICK_TRIAL_DEVICE names another device: the tests use it (=cpu) to schedule trials
-  on a logical GPU resource of a machine without one.
+- GPUs by default: `gpus_per_trial=None` (auto, on a cluster) is settled once connected: one GPU
+  per trial when the cluster has one, none otherwise (search_options.py: the device follows).
 """
 
 from __future__ import annotations
@@ -25,13 +23,11 @@ import logging
 import math
 import os
 import signal
-import socket
-import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -62,14 +58,19 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from autotrick.cluster import check_address, native_stderr_hidden
+from autotrick.data.size import DataSize
 from autotrick.device import trials_at_once
 from autotrick.errors import ConfigError, first_line
-from autotrick.params import Fixed, Value, suggest_values
-from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
-from autotrick.space import SearchSpace, baseline_values
+from autotrick.params import Value
+from autotrick.records import Outcome, SearchResult, TrialRecord
+from autotrick.search_options import SearchOptions
+from autotrick.space import SearchSpace
 from autotrick.study import (
     BASELINE_KEY,
     RECORD,
+    TRIAL_KEY,
+    DefineByRun,
     existing_trials,
     open_journal,
     records_from_study,
@@ -78,48 +79,13 @@ from autotrick.study import (
 )
 from autotrick.system_metrics import PREFIX as SYSTEM_PREFIX
 from autotrick.trainer import EpochReport, TrainConfig
-from autotrick.tricks import TRICKS
 
 # No per-trial result files are kept, so the ResultGrid that fit() builds cannot read metrics back
 # and would warn about every trial; autotrick reads the outcome from the Optuna study instead.
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
-TRIAL_KEY = "autotrick.trial"        # config keys that are not trick values
 EPOCH_METRICS = tuple(k for k in EpochReport.__dataclass_fields__ if k != "outcome")
 _PRELOAD_ENV = "AUTOTRICK_PRELOAD"   # "data|data_dir" for the worker setup hook
-TRIAL_DEVICE_ENV = "AUTOTRICK_TRIAL_DEVICE"  # overrides the trials' device (tests: cpu on a logical GPU)
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    name: str
-    space: SearchSpace
-    train: TrainConfig                 # model, data, epochs (= max epochs), batch size, seed, device
-    state_dir: Path                    # .autotrick/<name>: the Optuna journal, Ray's files, saved models
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = 0.0  # None: auto, resolved from the cluster's GPUs once connected
-    concurrency: int | None = None     # default: as many trials as the resources hold
-    address: str | None = None         # an existing Ray cluster; None starts a local one
-    num_cpus: int | None = None        # for a local Ray; None: every core
-    time_budget_s: float | None = None
-    resume: bool = False
-    verbose: bool = False
-    save_models: bool = False          # keep each trial's weights so the best can be registered
-    data_plan: str = ""                # how the data reaches the trials, as the header says it
-
-    @property
-    def threads_per_trial(self) -> int:
-        """torch's CPU threads in each trial: its whole CPUs."""
-        return max(1, int(self.cpus_per_trial))
-
-    def info(self, versions: dict[str, str]) -> SearchInfo:
-        """The search as MLflow's parent run and the recipe's provenance describe it."""
-        budget = self.space.budget
-        return SearchInfo(name=self.name, space=self.space.label, model=self.train.model, data=self.train.data,
-                          metric=budget.metric, mode=budget.mode, trials=budget.trials,
-                          max_epochs=budget.max_epochs, batch_size=self.space.batch_size, seed=self.train.seed,
-                          device=self.train.device, threads=self.threads_per_trial,
-                          grace_epochs=budget.grace_epochs, versions=versions)
 
 
 def saved_model_path(state_dir: Path, number: int) -> Path:
@@ -142,7 +108,8 @@ def warm_worker() -> None:
         load_data(data, data_dir or None)
 
 
-def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, state_dir: str | None) -> None:
+def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, state_dir: str | None,
+                  size: DataSize) -> None:
     """The trainable: one trial in a (reused) Ray actor. Every outcome, a raised exception
     included, is reported as a result, so the driver records it with its reason."""
     from autotrick.system_metrics import SystemSampler
@@ -161,7 +128,7 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
             metrics[metric] = worst  # ASHA compares this number: a NaN would poison its rungs
         tune.report(metrics)
 
-    save = partial(_save_model, saved_model_path(Path(state_dir), int(config[TRIAL_KEY])), train, values) \
+    save = partial(_save_model, saved_model_path(Path(state_dir), int(config[TRIAL_KEY])), train, size, values) \
         if state_dir else None
     try:
         result = run_trial(values, train, report, on_trained=save)
@@ -187,37 +154,16 @@ TRACEBACK = "traceback"   # a failed trial's traceback, for its MLflow run and -
 _MAX_ERROR_CHARS = 20_000
 
 
-def _save_model(path: Path, train: TrainConfig, values: dict[str, Value], model: Any) -> None:
+def _save_model(path: Path, train: TrainConfig, size: DataSize, values: dict[str, Value], model: Any) -> None:
     """The trained model as an autotrick checkpoint: checkpoint.load_checkpoint rebuilds it."""
     from autotrick.checkpoint import save_checkpoint
-    from autotrick.data import describe_data
 
-    size = describe_data(train.data, train.data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, model, spec=train.model, tricks=values, num_classes=size.num_classes,
                     input_shape=(size.in_channels, *size.image_size))
 
 
 # --------------------------------------------------------------------------- in the driver
-
-class _DefineByRun:
-    """Optuna's define-by-run space: the baseline trial (enqueued first) draws the baseline's
-    values where they lie inside the searched domains, and holds them fixed elsewhere."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space
-        self.baseline = baseline_values()
-
-    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        is_baseline = bool(trial.user_attrs.get(BASELINE_KEY))
-        domains = self.space.baseline_domains(self.baseline) if is_baseline else self.space.domains
-        return {**suggest_values(TRICKS, domains, trial), TRIAL_KEY: trial.number, BASELINE_KEY: is_baseline}
-
-    def baseline_params(self) -> dict[str, Value]:
-        """The baseline's values that Optuna draws (those inside the searched domains)."""
-        return {key: self.baseline[key] for key, domain in self.space.baseline_domains(self.baseline).items()
-                if key in self.baseline and not isinstance(domain, Fixed)}
-
 
 class _ASHA(ASHAScheduler):
     """ASHA that never stops the baseline (it is the reference every search is measured against)
@@ -255,7 +201,7 @@ class _TrickSearcher(Searcher):
     def __init__(self, space: SearchSpace, *, study_name: str, storage: optuna.storages.BaseStorage,
                  seed: int, scheduler: _ASHA) -> None:
         super().__init__(metric=space.budget.metric, mode=space.budget.mode)
-        self._define = _DefineByRun(space)
+        self._define = DefineByRun(space)
         self._scheduler = scheduler
         existing = existing_trials(storage, study_name)
         # A resumed study re-seeds the sampler past the trials it has, so it does not redraw them.
@@ -380,43 +326,10 @@ def _worker_error(trial: Trial) -> tuple[str, str]:
     return reason[:500], text[-_MAX_ERROR_CHARS:]
 
 
-_PROBE_TIMEOUT_S = 10
 # Connecting to a cluster: one attempt to reach its GCS (of 10 s: RAY_py_gcs_connect_timeout_s
 # above), not Ray's 20 attempts of 30 s. Read when ray.init connects; a user's own value wins.
 _CONNECT_ENV = {"RAY_gcs_server_port_wait_time_s": "1"}
 
-
-
-def check_address(address: str) -> None:
-    """A cluster address that nothing answers fails now, in one line: Ray itself would retry for
-    many minutes. (A port that answers but is not Ray's fails in ray.init, bounded by
-    _CONNECT_ENV.) "auto" and "local" are Ray's own words, not addresses."""
-    if address in ("auto", "local"):
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--address {address}: expected HOST:PORT of a Ray cluster's head (e.g. 10.0.0.5:6379), "
-                          "or ray://HOST:PORT")
-    try:
-        socket.create_connection((host, int(port)), timeout=_PROBE_TIMEOUT_S).close()
-    except OSError as error:
-        raise ConfigError(f"--address {address}: no Ray cluster answers there ({first_line(error)}); start one "
-                          "with `ray start --head`, or drop --address to start a local Ray") from None
-
-
-@contextlib.contextmanager
-def _native_stderr_hidden() -> Iterator[None]:
-    """Ray's C++ core writes its connection retries straight to file descriptor 2 (a line every
-    few seconds while a cluster does not answer); whether it connects is said by ray.init."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _start_ray(options: SearchOptions) -> bool:
@@ -430,7 +343,7 @@ def _start_ray(options: SearchOptions) -> bool:
             os.environ.setdefault(key, value)
     main_thread = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
-    quiet = _native_stderr_hidden() if options.address and not options.verbose else contextlib.nullcontext()
+    quiet = native_stderr_hidden() if options.address and not options.verbose else contextlib.nullcontext()
     try:
         with quiet:
             ray.init(address=options.address, num_cpus=None if options.address else options.num_cpus,
@@ -460,20 +373,25 @@ def _concurrency(options: SearchOptions) -> int:
                           gpus_per_trial=options.gpus_per_trial)
 
 
-def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[TrialRecord], None],
-               before_shutdown: Callable[[SearchResult], None] | None = None) -> SearchResult:
+def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
+               before_shutdown: Callable[[SearchResult], None] | None = None,
+               on_started: Callable[[SearchOptions], None] | None = None) -> SearchResult:
     """Run (or resume) the search until the study holds `trials` finished trials.
 
-    `before_shutdown` gets the result while Ray is still up, so that the caller's last work
-    (MLflow plots, the registry) overlaps Ray's shutdown instead of following it."""
+    `on_started` gets the options once Ray is up and the trials' GPUs and device are settled
+    (`auto` on a cluster is settled here), before any trial runs: where MLflow's parent run
+    opens. `before_shutdown` gets the result while Ray is still up, so that the caller's last
+    work (MLflow plots, the registry) overlaps Ray's shutdown instead of following it."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     budget = options.space.budget
     we_started_ray = _start_ray(options)
     timings["ray_start_s"] = time.perf_counter() - started
     try:
-        options = _resolve_gpus(options)
+        options = _settle_gpus(options)
         _check_gpus(options)
+        if on_started is not None:
+            on_started(options)
         options.state_dir.mkdir(parents=True, exist_ok=True)
         storage = open_journal(options.state_dir)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -489,7 +407,7 @@ def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[Tr
             timings["trials_at_once"] = at_once
         records = records_from_study(searcher.study)
         timings.update(_trial_time(records, _concurrency(options), timings.get("trials_s", 0.0)))
-        result = SearchResult(info=info, records=records, interrupted=len(records) < budget.trials,
+        result = SearchResult(info=options.info(), records=records, interrupted=len(records) < budget.trials,
                               study=searcher.study, timings=timings)
         if before_shutdown is not None:
             before_shutdown(result)
@@ -517,14 +435,12 @@ def _trial_time(records: list[TrialRecord], slots: int, wall: float) -> dict[str
     return busy
 
 
-def _resolve_gpus(options: SearchOptions) -> SearchOptions:
-    """auto on a cluster: one GPU per trial when it has a GPU, none otherwise; and the device the
-    trials train on, which follows (TRIAL_DEVICE_ENV overrides it)."""
-    gpus = options.gpus_per_trial
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    device = os.environ.get(TRIAL_DEVICE_ENV) or ("cuda" if gpus > 0 else "cpu")
-    return replace(options, gpus_per_trial=gpus, train=replace(options.train, device=device))
+def _settle_gpus(options: SearchOptions) -> SearchOptions:
+    """auto on a cluster: one GPU per trial when it has a GPU, none otherwise (the device
+    follows, in SearchOptions.with_gpus); options settled before are left as they are."""
+    if options.settled:
+        return options
+    return options.with_gpus(1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
 
 
 def _check_gpus(options: SearchOptions) -> None:
@@ -551,7 +467,8 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     train = replace(options.train, epochs=options.space.budget.max_epochs, threads=options.threads_per_trial)
     progress = _Progress(searcher, on_record)
     trainable = tune.with_parameters(run_one_trial, train=train, metric=options.space.budget.metric,
-                                     state_dir=str(options.state_dir.resolve()) if options.save_models else None)
+                                     state_dir=str(options.state_dir.resolve()) if options.save_models else None,
+                                     size=options.data_size)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": options.cpus_per_trial, "gpu": gpus}),
         tune_config=tune.TuneConfig(

@@ -88,18 +88,6 @@ class SearchSpace:
         return replace(self, budget=replace(self.budget, **{k: v for k, v in changes.items() if v is not None}))
 
 
-def baseline_values() -> dict[str, Value]:
-    """Every trick off or at the model's own setting, drawn through the same walk as a trial."""
-    return suggest_values(TRICKS, {}, _NoTrial())
-
-
-class _NoTrial:
-    """Every domain is Fixed in the baseline walk, so no suggest_* is ever called."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"the baseline walk must not call {name}")
-
-
 def resolve_values(given: Mapping[str, Any], where: str) -> dict[str, Value]:
     """Validate user-given values ({"norm.type": "group", ...}) and walk them define-by-run, as a
     recipe is re-applied: unknown keys and bad values fail here; a conditional parameter whose

@@ -1,21 +1,46 @@
-"""A search's Optuna study, kept in a journal beside the search: how each trial's ending is told
-to it, the TrialRecord each trial keeps there (what a resumed search, the summary and MLflow read
-back), and the trials an earlier session left cut off, re-queued once. Optuna's public API only
+"""A search's Optuna study, kept in a journal beside the search: its define-by-run space (the
+baseline first), how each trial's ending is told to it, the TrialRecord each trial keeps there
+(what a resumed search, the summary and MLflow read back), and the trials an earlier session left
+cut off, re-queued once. Optuna's public API only
 (ask-and-tell, user attributes, enqueue_trial); no Ray here.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 
+from autotrick.params import Fixed, Value, suggest_values
 from autotrick.records import Outcome, TrialRecord
+from autotrick.space import SearchSpace
 from autotrick.state import JOURNAL_FILE
+from autotrick.tricks import TRICKS, defaults
 
 BASELINE_KEY = "autotrick.baseline"
+TRIAL_KEY = "autotrick.trial"  # with BASELINE_KEY: the config keys of a trial that are not trick values
 REQUEUED_FROM = "autotrick.requeued_from"
 RECORD = "autotrick.record"  # a trial's TrialRecord, kept as a user attribute of the trial
+
+
+class DefineByRun:
+    """Optuna's define-by-run space: the baseline trial (enqueued first) draws the baseline's
+    values where they lie inside the searched domains, and holds them fixed elsewhere."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.baseline = defaults()
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        is_baseline = bool(trial.user_attrs.get(BASELINE_KEY))
+        domains = self.space.baseline_domains(self.baseline) if is_baseline else self.space.domains
+        return {**suggest_values(TRICKS, domains, trial), TRIAL_KEY: trial.number, BASELINE_KEY: is_baseline}
+
+    def baseline_params(self) -> dict[str, Value]:
+        """The baseline's values that Optuna draws (those inside the searched domains)."""
+        return {key: self.baseline[key] for key, domain in self.space.baseline_domains(self.baseline).items()
+                if key in self.baseline and not isinstance(domain, Fixed)}
 
 
 def open_journal(state_dir: Path) -> optuna.storages.JournalStorage:

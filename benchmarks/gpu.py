@@ -18,7 +18,7 @@ Prints one JSON object: each figure, and each search's ratio to the bare loop's 
 
 --smoke runs every step on the CPU at toy sizes (the digits-sized cnn, 256 images, 2 trials of 2
 epochs), against a Ray head of its own with a logical GPU and trials told to train on the CPU
-(AUTOTRICK_TRIAL_DEVICE=cpu), and skips the peer (it needs CUDA): it checks the script, not speed.
+(the command run through tests/cpu_trials.py), and skips the peer (it needs CUDA): it checks the script, not speed.
 """
 
 from __future__ import annotations
@@ -95,12 +95,12 @@ def bare_loop(*, model_name: str, data_spec: str, epochs: int, device: str) -> d
 
 
 def search(workdir: Path, name: str, space: str, gpus: float, *, address: str | None,
-           env: dict[str, str]) -> dict[str, float]:
+           env: dict[str, str], autotrick: list[str]) -> dict[str, float]:
     """One `autotrick search` as a user runs it; epochs a minute over its trial phase."""
     folder = workdir / name
     folder.mkdir()
     (folder / "space.yaml").write_text(space)
-    command = [sys.executable, "-m", "autotrick", "search", "--space", "space.yaml", "--name", name,
+    command = [*autotrick, "search", "--space", "space.yaml", "--name", name,
                "--gpus-per-trial", f"{gpus:g}", "--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
     if address:
         command += ["--address", address, "--cpus-per-trial", f"{min(1.0, gpus) if gpus else 1.0:g}"]
@@ -187,11 +187,13 @@ def main() -> None:
 
     if args.smoke:
         args.trials, args.epochs, args.images, args.skip_peer = 2, 2, 256, True
-        device, model, env = "cpu", "cnn", {"AUTOTRICK_TRIAL_DEVICE": "cpu"}
+        device, model, env = "cpu", "cnn", {}
+        autotrick = [sys.executable, str(ROOT / "tests" / "cpu_trials.py")]  # trials on the CPU
     elif not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs CUDA; run it with --smoke to check it on a CPU")
     else:
         device, model, env = "cuda", "resnet18", {}
+        autotrick = [sys.executable, "-m", "autotrick"]
     data = f"synthetic:cifar10:{args.images}"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     results: dict[str, object] = {
@@ -209,7 +211,8 @@ def main() -> None:
                 space += f"  augment: {{policy: {policy}}}\n"
             for gpus in (1.0, 0.25):
                 key = f"search_gpu{gpus:g}" + ("" if policy == "none" else f"_{policy}")
-                run = search(workdir, key.replace(".", "_"), space, gpus, address=address, env=env)
+                run = search(workdir, key.replace(".", "_"), space, gpus, address=address, env=env,
+                             autotrick=autotrick)
                 run["ratio_to_bare"] = round(run["epochs_per_min"] / bare_per_min, 3)  # type: ignore[operator]
                 results[key] = run
         if not args.skip_peer:

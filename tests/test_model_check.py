@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from autotrick.data import describe_data
 from autotrick.diagnose import check_model, count_activations
 from autotrick.space import resolve_values
 from autotrick.trainer import TrainConfig, run_trial
@@ -133,6 +134,6 @@ def test_the_search_records_the_warning_as_the_trials_reason(vanishing: str,
     monkeypatch.setattr(search.tune, "report", reported.append)
     config = {**resolve_values({"norm.type": "none"}, "test"), search.TRIAL_KEY: 3, search.BASELINE_KEY: False}
     search.run_one_trial(config, train=TrainConfig(model=vanishing, epochs=1, batch_size=256, threads=1),
-                         metric="val_accuracy", state_dir=None)
+                         metric="val_accuracy", state_dir=None, size=describe_data("digits"))
     assert reported and all(r["reason"] == "model check: the features reaching the classifier no longer depend "
                                            "on the input" for r in reported)

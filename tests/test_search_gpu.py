@@ -1,7 +1,7 @@
 """GPUs in a search: fractional GPUs let trials share one, `auto` gives each trial a GPU when Ray
 has one, and a trial holding a GPU share trains on CUDA. On a machine without a GPU, a Ray head of
-its own with a logical GPU (Ray schedules by it) and trials told to train on the CPU
-(AUTOTRICK_TRIAL_DEVICE=cpu) show the scheduling; the CUDA test runs where there is a GPU."""
+its own with a logical GPU (Ray schedules by it) and trials that train on the CPU (the command
+run through tests/cpu_trials.py) show the scheduling; the CUDA test runs where there is a GPU."""
 
 from __future__ import annotations
 
@@ -25,11 +25,14 @@ def logical_gpu_ray() -> Iterator[str]:
         yield address
 
 
-def search(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    command = [sys.executable, "-m", "autotrick", "search", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-               *args]
+CPU_TRIALS = str(Path(__file__).resolve().parent / "cpu_trials.py")
+
+
+def search(tmp_path: Path, *args: str, trials_on_the_cpu: bool = False) -> str:
+    autotrick = [sys.executable, CPU_TRIALS] if trials_on_the_cpu else [sys.executable, "-m", "autotrick"]
+    command = [*autotrick, "search", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *args]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -40,12 +43,9 @@ def most_at_once(out: str) -> float:
     return float(match.group(1))
 
 
-ON_THE_CPU = {"AUTOTRICK_TRIAL_DEVICE": "cpu"}
-
-
 def test_a_quarter_gpu_per_trial_runs_four_trials_at_once(logical_gpu_ray: str, tmp_path: Path) -> None:
     out = search(tmp_path, "--address", logical_gpu_ray, "--name", "quarter", "--trials", "4", "--max-epochs", "2",
-                 "--gpus-per-trial", "0.25", "--cpus-per-trial", "0.5", env=ON_THE_CPU)
+                 "--gpus-per-trial", "0.25", "--cpus-per-trial", "0.5", trials_on_the_cpu=True)
     assert "0.25 GPU per trial (4 trials per GPU)" in out.splitlines()[0]
     assert out.count("\ntrial ") == 4
     assert most_at_once(out) == 4  # the callback's count of trials started and not yet ended
@@ -55,9 +55,18 @@ def test_auto_gives_each_trial_the_clusters_gpu(logical_gpu_ray: str, tmp_path: 
     """auto on a cluster with one GPU: one GPU per trial, so one trial at a time (its 2 CPUs would
     hold 2 CPU-only trials)."""
     out = search(tmp_path, "--address", logical_gpu_ray, "--name", "auto", "--trials", "2", "--max-epochs", "1",
-                 env=ON_THE_CPU)
+                 trials_on_the_cpu=True)
     assert "1 GPU per trial if the cluster has GPUs, else the CPU (auto)" in out.splitlines()[0]
     assert most_at_once(out) == 1
+    # MLflow's parent run opens once the cluster's GPUs settled the device: the one the trials used
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("auto")
+    assert experiment is not None
+    parent = next(run for run in client.search_runs([experiment.experiment_id])
+                  if run.data.tags.get("autotrick.role") == "parent")
+    assert parent.data.params["device"] == "cpu"  # not "auto"; cpu: tests/cpu_trials.py
 
 
 DEVICE_SPY = """

@@ -9,7 +9,7 @@ import pytest
 
 from autotrick.errors import ConfigError
 from autotrick.params import Choice, Fixed, Range
-from autotrick.space import baseline_values, builtin_spaces, load_space, resolve_values
+from autotrick.space import builtin_spaces, load_space, resolve_values
 from autotrick.tricks import TRICKS, all_params, defaults
 
 BAD_SPACES = {
@@ -99,11 +99,18 @@ def test_fixed_trial_replays_sampled_values_through_the_same_walk() -> None:
     assert resolve_values(values, "recipe") == values
 
 
-def test_baseline_is_every_trick_at_its_default() -> None:
-    baseline = baseline_values()
-    for key, value in baseline.items():
-        assert defaults()[key] == value
-    assert "norm.groups" not in baseline  # its parent (norm.type=keep) is not group
+def test_the_searchs_first_trial_is_the_one_baseline_every_trick_at_its_default() -> None:
+    from autotrick.study import BASELINE_KEY, DefineByRun
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    define = DefineByRun(load_space("default"))
+    study.enqueue_trial(define.baseline_params(), user_attrs={BASELINE_KEY: True})
+    drawn = define(study.ask())
+    assert drawn[BASELINE_KEY] is True
+    for key, value in drawn.items():
+        if key in defaults():
+            assert defaults()[key] == value, key
+    assert "norm.groups" not in drawn  # its parent (norm.type=keep) is not group
 
 
 def test_resolve_values_rejects_unknown_and_out_of_range() -> None:

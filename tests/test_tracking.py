@@ -25,7 +25,6 @@ from autotrick.data import load_data
 from autotrick.errors import ConfigError
 from autotrick.recipe import Recipe
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord, best_of
-from autotrick.space import baseline_values
 from autotrick.tracking import (
     CHAMPION,
     TAG_BEST,
@@ -41,6 +40,7 @@ from autotrick.tracking import (
     load_recipe,
     ui_url,
 )
+from autotrick.tricks import defaults
 
 ML = "?workflowType=machine_learning"  # the UI's machine-learning view
 NAME = "unit-search"
@@ -94,12 +94,12 @@ def warmup_lrs(epochs: int) -> list[list[float]]:
 
 
 def make_records(study: optuna.Study) -> list[TrialRecord]:
-    baseline = TrialRecord(number=0, values=baseline_values(), outcome="finished", metric=0.9,
+    baseline = TrialRecord(number=0, values=defaults(), outcome="finished", metric=0.9,
                            epochs=LONG_EPOCHS, history=history(LONG_EPOCHS, 0.9), baseline=True, seconds=100.0,
                            step_lrs=warmup_lrs(LONG_EPOCHS))
     records = [baseline]
     for trial, outcome in zip(study.trials[1:], OUTCOMES, strict=True):
-        number, values = trial.number, {**baseline_values(), **trial.params}
+        number, values = trial.number, {**defaults(), **trial.params}
         if outcome in ("diverged", "failed"):
             reason = "loss became nan at epoch 2" if outcome == "diverged" else "RuntimeError: boom"
             curves = history(2, 0.3, diverged=True)

@@ -19,6 +19,7 @@ from autotrick.commands._inputs import check_model_and_data, resolve_model_files
 from autotrick.errors import ConfigError, first_line
 from autotrick.recipe import Recipe
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord, better
+from autotrick.search_options import AUTO_DEVICE, SearchOptions, trial_device
 from autotrick.signals import StopSignals
 from autotrick.trainer import TrainConfig
 
@@ -53,16 +54,6 @@ class SearchRequest:
     weights: str | None = None  # the model starts from these: a file, models:/ or runs:/
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """A validated search: what to run, where the recipe goes, and the request as stored."""
-
-    options: Any  # search.SearchOptions
-    output: Path
-    request: SearchRequest  # every option at its effective value
-    space_yaml: str
-
-
 def search_name(request: SearchRequest) -> str:
     from autotrick.space import resolve_space_path
 
@@ -72,13 +63,15 @@ def search_name(request: SearchRequest) -> str:
     return name
 
 
-def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | None = None) -> _Prepared:
-    """Validate every input of a search, before Ray or MLflow start and before anything is written.
+def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | None = None) -> SearchOptions:
+    """Validate every input of a search, before Ray or MLflow start and before anything is written,
+    and settle it into the one SearchOptions (the data's measured size, the trials' device).
     `space_yaml`: a resumed search's space, as it was when the search started."""
+    from autotrick.cluster import check_address
     from autotrick.data import absolute_data_spec
     from autotrick.entrypoints import absolute_spec
     from autotrick.params import Fixed
-    from autotrick.search import SearchOptions, check_address
+    from autotrick.request import stored_form
     from autotrick.space import read_space_text, resolve_space_path, space_from_text
     from autotrick.tracking import check_store, resolve_tracking_uri
 
@@ -116,11 +109,10 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     machine_cpus = request.num_cpus or os.cpu_count() or 1
     at_once = request.concurrency or trials_at_once(machine_cpus, _local_gpus(), cpus_per_trial=cpus,
                                                     gpus_per_trial=None if request.address else gpus)
-    plan = plan_data(size, data_mode, device="cuda" if gpus else "cpu", trials_at_once=at_once,
+    plan = plan_data(size, data_mode, device=trial_device(gpus or 0.0), trials_at_once=at_once,
                      gpu_share=gpus or 1.0)
     train = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=max_epochs,
-                        batch_size=space.batch_size, seed=seed,
-                        device="auto" if gpus is None else "cuda" if gpus > 0 else "cpu", data_mode=plan.mode)
+                        batch_size=space.batch_size, seed=seed, device=AUTO_DEVICE, data_mode=plan.mode)
     fixed = space.domains.get("distill.teacher")
     teacher = fixed.value if isinstance(fixed, Fixed) else None  # free text is only ever fixed
     if request.weights or teacher is not None:
@@ -128,17 +120,19 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
             model=request.model and model, default_model=model, data=data, data_dir=data_dir,
             weights=request.weights, teacher=teacher, tracking_uri=tracking_uri)
         train = replace(train, model=spec, weights=weights_file, teachers=teachers)
-    options = SearchOptions(name=state_dir.name, space=space, train=train, state_dir=state_dir,
-                            cpus_per_trial=cpus, gpus_per_trial=gpus, data_plan=plan.describe(),
-                            concurrency=request.concurrency, address=request.address,
-                            num_cpus=request.num_cpus, time_budget_s=request.time_budget,
-                            resume=request.resume, verbose=request.verbose,
-                            save_models=request.register is not None)
     effective = replace(request, space=str(space_file), model=model, data=data, data_dir=data_dir,
                         trials=space.budget.trials, max_epochs=max_epochs, cpus_per_trial=cpus,
                         seed=seed, output=str(output), tracking_uri=tracking_uri,
                         data_mode=data_mode)
-    return _Prepared(options, output, effective, space_yaml)
+    options = SearchOptions(name=state_dir.name, space=space, train=train, state_dir=state_dir, data_size=size,
+                            cpus_per_trial=cpus, gpus_per_trial=None, requested_gpus=request.gpus_per_trial,
+                            data_plan=plan.describe(), concurrency=request.concurrency, address=request.address,
+                            num_cpus=request.num_cpus, time_budget_s=request.time_budget,
+                            resume=request.resume, verbose=request.verbose,
+                            save_models=request.register is not None, output=output, tracking_uri=tracking_uri,
+                            register=request.register, weights=request.weights,
+                            stored_request=stored_form(effective, space_yaml))
+    return options if gpus is None else options.with_gpus(gpus)  # auto on a cluster: settled once connected
 
 
 def gpus_per_trial(value: float | str | None, *, address: str | None) -> float | None:
@@ -219,7 +213,6 @@ def run_search_command(request: SearchRequest) -> int:
 
 
 def _search(request: SearchRequest, signals: StopSignals, held: contextlib.ExitStack) -> int:
-    from autotrick.request import stored_form
     from autotrick.state import SearchFolder
 
     name = search_name(request)
@@ -234,15 +227,15 @@ def _search(request: SearchRequest, signals: StopSignals, held: contextlib.ExitS
         held.enter_context(folder.owned("start"))  # a running search is named; a finished one:
         raise ConfigError(f"a search named '{name}' exists in {folder.path}: add --resume to continue it, "
                           "or pick another --name")
-    prepared = prepare_search(request, folder.path, space_yaml)
+    options = prepare_search(request, folder.path, space_yaml)
     if not request.resume:
         _say(held.enter_context(folder.owned("start")))
         if folder.started():  # the same search started by another process a moment ago, and ended
             raise ConfigError(f"a search named '{name}' exists in {folder.path}: add --resume to continue it, "
                               "or pick another --name")
     _say(folder.repair_journal())  # a journal refused here leaves the stored request as it was
-    folder.write_request(stored_form(prepared.request, prepared.space_yaml))
-    return _run(prepared, signals)
+    folder.write_request(options.stored_request)
+    return _run(options, signals)
 
 
 def _say(line: str | None) -> None:
@@ -250,63 +243,70 @@ def _say(line: str | None) -> None:
         click.echo(f"autotrick: {line}", err=True)
 
 
-def _run(prepared: _Prepared, signals: StopSignals) -> int:
-    from autotrick.data import describe_data, load_data
+def _run(options: SearchOptions, signals: StopSignals) -> int:
+    from autotrick.data import load_data
     from autotrick.search import run_search
     from autotrick.study import finished_records
     from autotrick.tracking import SearchTracker, resolve_tracking_uri
 
-    options, output, request = prepared.options, prepared.output, prepared.request
-    info = replace(options.info(versions()), weights=request.weights)
+    output, budget = options.output, options.space.budget
     # The data set as MLflow's dataset input, digest and all: only one the driver holds already
-    # (describe_data loaded the small built-in sets); image folders and the user's lazy datasets
-    # are not decoded here just for it, whether the trials hold them in memory or stream them.
-    described = describe_data(options.train.data, options.train.data_dir)
+    # (prepare_search's description loaded the small built-in sets); image folders and the user's
+    # lazy datasets are not decoded here just for it, whether the trials hold them in memory or stream them.
     data = load_data(options.train.data, options.train.data_dir) \
-        if options.train.data_mode == "memory" and not described.streamable else None
-    tracker = SearchTracker(info, tracking_uri=request.tracking_uri, resume=request.resume, dataset=data)
-    progress = _ProgressPrinter(info, verbose=request.verbose)
-    click.echo(f"search '{info.name}': {options.space.name} space, {info.model} on {info.data}, "
-               f"{info.trials} trials x up to {info.max_epochs} epochs, {info.metric} ({info.mode}); "
-               f"{describe_gpus(options.gpus_per_trial, request.gpus_per_trial)}, {options.data_plan}; "
-               f"MLflow {resolve_tracking_uri(request.tracking_uri)}" + ("; resuming" if request.resume else ""))
-    resume_hint = f"resume with `autotrick search --name {info.name} --resume`"
+        if options.train.data_mode == "memory" and not options.data_size.streamable else None
+    progress = _ProgressPrinter(options.info(), verbose=options.verbose)
+    click.echo(f"search '{options.name}': {options.space.name} space, {options.train.model} on {options.train.data}, "
+               f"{budget.trials} trials x up to {budget.max_epochs} epochs, {budget.metric} ({budget.mode}); "
+               f"{describe_gpus(options.gpus_per_trial, options.requested_gpus)}, {options.data_plan}; "
+               f"MLflow {resolve_tracking_uri(options.tracking_uri)}" + ("; resuming" if options.resume else ""))
+    resume_hint = f"resume with `autotrick search --name {options.name} --resume`"
+    trackers: list[SearchTracker] = []  # MLflow's parent run, opened once the search is settled
+
+    def on_started(settled: SearchOptions) -> None:
+        trackers.append(SearchTracker(settled.info(), tracking_uri=settled.tracking_uri, resume=settled.resume,
+                                      dataset=data))
 
     def on_record(record: TrialRecord) -> None:
         progress(record)
-        tracker.trial_finished(record)
+        trackers[0].trial_finished(record)
 
     def before_shutdown(result: SearchResult) -> None:
         """The recipe, and MLflow's last writes queued while Ray is still up (not waited for)."""
+        tracker = trackers[0]
         recipe = Recipe.from_search(result, mlflow_run_id=tracker.parent_run_id)
         if recipe is not None:
             recipe.write(output)
-        model = _best_model(options, result.best) if request.register and recipe else None
-        if request.register and recipe and model is None:
-            click.echo(f"warning: --register {request.register}: trial {result.best.number}'s weights were "  # type: ignore[union-attr]
+        model = _best_model(options, result.best) if options.register and recipe else None
+        if options.register and recipe and model is None:
+            click.echo(f"warning: --register {options.register}: trial {result.best.number}'s weights were "  # type: ignore[union-attr]
                        "not saved; nothing registered", err=True)
-        tracker.search_finished(result, recipe, model=model, register_name=request.register,
+        tracker.search_finished(result, recipe, model=model, register_name=options.register,
                                 example_input=_example_input(data, options) if model is not None else None)
 
     try:
-        result = run_search(options, info, on_record, before_shutdown)
+        result = run_search(options, on_record, before_shutdown, on_started)
     except KeyboardInterrupt:  # a signal outside Tune's loop (starting, or a second one)
         done = len(finished_records(options.state_dir, options.name))
-        tracker.search_ended_early("KILLED", f"interrupted by {signals.name} after {done} of {info.trials} trials")
-        tracker.close()
-        click.echo(f"interrupted by {signals.name} after {done} of {info.trials} trials: {resume_hint}", err=True)
+        for tracker in trackers:
+            tracker.search_ended_early("KILLED", f"interrupted by {signals.name} after {done} of {budget.trials} "
+                                                 "trials")
+            tracker.close()
+        click.echo(f"interrupted by {signals.name} after {done} of {budget.trials} trials: {resume_hint}", err=True)
         return signals.exit_code
     except BaseException as error:  # the parent run must not be left RUNNING
-        tracker.search_ended_early("FAILED", first_line(error))
-        tracker.close()
+        for tracker in trackers:
+            tracker.search_ended_early("FAILED", first_line(error))
+            tracker.close()
         raise
+    tracker = trackers[0]
     waited = time.perf_counter()
     tracker.close()
     result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time
     result.timings["logging_cpu_s"] = tracker.logging_seconds
-    click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id, request.tracking_uri))
+    click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id, options.tracking_uri))
     if result.interrupted:
-        click.echo(f"interrupted after {len(result.records)} of {info.trials} trials: {resume_hint}", err=True)
+        click.echo(f"interrupted after {len(result.records)} of {budget.trials} trials: {resume_hint}", err=True)
         return signals.exit_code
     return 0 if result.best is not None else 1
 
@@ -341,21 +341,20 @@ def _summary(result: SearchResult, output: Path | None, parent_run_id: str | Non
     return "\n".join(lines)
 
 
-def _example_input(data: Any, options: Any) -> Any:
+def _example_input(data: Any, options: SearchOptions) -> Any:
     """Two validation images as the model takes them: the registered model's input example; for
     streamed data (never loaded whole), two blank images of its shape."""
     import torch
 
     from autotrick.augment import normalize
-    from autotrick.data import describe_data
 
     if data is None:
-        size = describe_data(options.train.data, options.train.data_dir)
+        size = options.data_size
         return torch.zeros(2, size.in_channels, *size.image_size)
     return normalize(data.val_x[:2], data.mean, data.std).float()
 
 
-def _best_model(options: Any, best: TrialRecord | None) -> Any:
+def _best_model(options: SearchOptions, best: TrialRecord | None) -> Any:
     """The best trial's trained model, saved by its worker as a checkpoint, rebuilt and loaded."""
     from autotrick.checkpoint import load_checkpoint
     from autotrick.search import saved_model_path
@@ -395,15 +394,3 @@ def _changed(values: Mapping[str, Any]) -> dict[str, Any]:
 
     baseline = defaults()
     return {k: v for k, v in values.items() if baseline.get(k) != v}
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("autotrick", "torch", "ray", "optuna", "mlflow"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found

@@ -1,0 +1,89 @@
+"""A search's configuration, resolved once: what `autotrick search` was asked (commands/_search.py's
+SearchRequest), settled by `prepare_search` into one typed object with the data's measured size
+and the trials' device. The search (search.py), MLflow (through `info()`) and the recipe read it;
+nothing decides the device again.
+
+The trials' device follows their GPU share, one way (`trial_device`). It is settled when the
+share is: in `prepare_search` for a local Ray or a number given with --address; for `auto` on a
+cluster, once connected, when the search knows the cluster's GPUs (`with_gpus`), before MLflow's
+parent run is opened, so the run records the device the trials really use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from autotrick.data.size import DataSize
+from autotrick.records import SearchInfo
+from autotrick.space import SearchSpace
+from autotrick.trainer import TrainConfig
+
+AUTO_DEVICE = "auto"  # the trials' device while `auto` GPUs on a cluster wait for the connection
+
+
+def trial_device(gpus_per_trial: float) -> str:
+    """Where a trial trains: CUDA when it holds a GPU share, else the CPU."""
+    return "cuda" if gpus_per_trial > 0 else "cpu"
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    name: str
+    space: SearchSpace
+    train: TrainConfig                 # model, data, epochs (= max epochs), batch size, seed, the trials' device
+    state_dir: Path                    # .autotrick/<name>: the Optuna journal, Ray's files, saved models
+    data_size: DataSize                # the data set as measured once, in prepare_search
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = 0.0  # None: auto on a cluster, settled by with_gpus once connected
+    requested_gpus: float | str | None = None  # --gpus-per-trial as given (the header says "auto")
+    concurrency: int | None = None     # default: as many trials as the resources hold
+    address: str | None = None         # an existing Ray cluster; None starts a local one
+    num_cpus: int | None = None        # for a local Ray; None: every core
+    time_budget_s: float | None = None
+    resume: bool = False
+    verbose: bool = False
+    save_models: bool = False          # keep each trial's weights so the best can be registered
+    data_plan: str = ""                # how the data reaches the trials, as the header says it
+    output: Path = Path("search.recipe.yaml")  # where the recipe goes
+    tracking_uri: str = ""             # the MLflow store, resolved
+    register: str | None = None        # --register: the registered model's name
+    weights: str | None = None         # --weights as given: what the model starts from
+    stored_request: dict[str, Any] = field(default_factory=dict)  # request.json: every option's effective value
+
+    @property
+    def threads_per_trial(self) -> int:
+        """torch's CPU threads in each trial: its whole CPUs."""
+        return max(1, int(self.cpus_per_trial))
+
+    @property
+    def settled(self) -> bool:
+        return self.gpus_per_trial is not None
+
+    def with_gpus(self, gpus_per_trial: float) -> SearchOptions:
+        """These options with the trials' GPU share settled, and the device that follows."""
+        return replace(self, gpus_per_trial=gpus_per_trial,
+                       train=replace(self.train, device=trial_device(gpus_per_trial)))
+
+    def info(self) -> SearchInfo:
+        """The search as MLflow's parent run and the recipe's provenance describe it."""
+        budget = self.space.budget
+        return SearchInfo(name=self.name, space=self.space.label, model=self.train.model, data=self.train.data,
+                          metric=budget.metric, mode=budget.mode, trials=budget.trials,
+                          max_epochs=budget.max_epochs, batch_size=self.space.batch_size, seed=self.train.seed,
+                          device=self.train.device, threads=self.threads_per_trial,
+                          grace_epochs=budget.grace_epochs, versions=versions(), weights=self.weights)
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of autotrick and the libraries a search's numbers depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("autotrick", "torch", "ray", "optuna", "mlflow"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
