@@ -16,18 +16,28 @@ import click
 import yaml
 
 from autotrick.errors import AutotrickError, ConfigError, UserCodeError, first_line
+from autotrick.request import RESUME_MAY_CHANGE
 
 EXIT_USAGE = 2
+VERBOSE = "verbose"  # set in the context object by -v, which main() reads when a command fails
+
+
+def _note_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """-v as click parsed it (also inside -vo FILE), kept where main() can read it after a failure."""
+    if value and isinstance(ctx.obj, dict):
+        ctx.obj[VERBOSE] = True
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(argv) if argv is not None else sys.argv[1:]
+    state: dict[str, bool] = {}  # the commands' context object: -v, as click parsed it
     try:
-        code = cli.main(args=args, prog_name="autotrick", standalone_mode=False)
+        code = cli.main(args=args, prog_name="autotrick", standalone_mode=False, obj=state)
     except (AutotrickError, click.UsageError, click.BadParameter, click.FileError) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         if isinstance(exc, UserCodeError) and exc.__cause__ is not None:
-            if {"-v", "--verbose"} & set(args):
+            if state.get(VERBOSE):
                 traceback.print_exception(exc.__cause__)
             else:
                 message += " (-v shows its traceback)"
@@ -136,7 +146,7 @@ _WEIGHTS_HELP = ("start from these weights: a state dict for --model (e.g. torch
 @click.option("--set", "sets", multiple=True, metavar="TRICK.PARAM=VALUE",
               help="set a trick parameter (repeatable; applied over the recipe)")
 @click.option("--weights", default=None, help=_WEIGHTS_HELP)
-@click.option("--verbose", "-v", is_flag=True, expose_value=False,  # read by main()
+@click.option("--verbose", "-v", is_flag=True, expose_value=False, callback=_note_verbose,  # read by main()
               help="show your own model's or data code's traceback when it raises")
 def train(model: str | None, data: str | None, data_dir: str | None, seed: int, device: str, data_mode: str,
           epochs: int | None, batch_size: int | None, recipe_ref: str | None, sets: Sequence[str],
@@ -183,15 +193,14 @@ def spaces() -> None:
 @click.option("--seed", default=None, type=int, help="default: 0")
 @click.option("--resume", is_flag=True,
               help="continue the interrupted search --name with the options it started with; only "
-                   "--trials, --time-budget, --concurrency, --address, --num-cpus, --output, --register, "
-                   "--data-mode and -v may differ")
+                   f"{', '.join('--' + name.replace('_', '-') for name in RESUME_MAY_CHANGE)} and -v may differ")
 @click.option("--output", "-o", default=None, help="where to write the best recipe (default NAME.recipe.yaml)")
 @_tracking_uri_option
 @click.option("--register", default=None, metavar="NAME", help="register the best model in MLflow as NAME")
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
 @_data_mode_option(None)
 @click.option("--weights", default=None, help=_WEIGHTS_HELP)
-@click.option("--verbose", "-v", is_flag=True,
+@click.option("--verbose", "-v", is_flag=True, callback=_note_verbose,
               help="show Ray's own tables and logs, failed trials' tracebacks, and your own code's traceback "
                    "when it raises")
 def search(**options: Any) -> None:

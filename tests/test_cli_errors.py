@@ -197,6 +197,27 @@ def test_a_users_raising_code_shows_its_traceback_with_v(in_empty_dir: Path) -> 
                                             "boom in the user's model")
 
 
+def test_v_among_combined_short_flags_shows_the_traceback_too(in_empty_dir: Path) -> None:
+    """click parses -v, wherever and however it is written: `-vo FILE` is -v and -o FILE."""
+    (in_empty_dir / "raising.py").write_text(RAISING)
+    code, _, err = run_real(["search", "--model", "raising.py:build", "-vo", "x.yaml"], in_empty_dir)
+    assert code == 2
+    assert 'raising.py", line 3, in build' in err
+    assert err.strip().splitlines()[-1].endswith("raised RuntimeError: boom in the user's model")
+
+
+def test_resumes_help_names_every_option_a_resume_may_change() -> None:
+    from click.testing import CliRunner
+
+    from autotrick.cli import cli
+    from autotrick.request import RESUME_MAY_CHANGE
+
+    help_text = " ".join(CliRunner().invoke(cli, ["search", "--help"], terminal_width=1000,
+                                            max_content_width=1000).output.split())
+    flags = ", ".join("--" + name.replace("_", "-") for name in RESUME_MAY_CHANGE)
+    assert f"only {flags} and -v may differ" in help_text
+
+
 def test_a_file_where_the_state_folder_goes_exits_2_before_mlflow(in_empty_dir: Path) -> None:
     (in_empty_dir / ".autotrick").write_text("not a folder")
     code, _, err = run_real(["search", "--name", "blocked"], in_empty_dir)
