@@ -1,11 +1,13 @@
 """The CUDA paths, on a real GPU: every trick on resnet18 for a couple of steps, bf16 and fp16 (with
 the grad scaler), channels_last, pruning, data on the device. Every test here skips without CUDA
 (the sync check is in test_trainer.py, GPU JPEG decoding in test_data_stream.py, a GPU-share
-trial in test_search_gpu.py)."""
+trial in test_search_gpu.py), except the check that every registered trick has a case here, which
+runs everywhere (on a machine without CUDA too, so CI sees a trick added without one)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from autotrick.space import resolve_values
 from autotrick.trainer import TrainConfig, run_trial
 from autotrick.tricks import TRICKS
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 # Each trick turned on (one setting each; a few have a second one where the paths differ).
 ON: dict[str, list[dict[str, object]]] = {
@@ -33,18 +35,32 @@ ON: dict[str, list[dict[str, object]]] = {
     "clip": [{"clip.max_norm": 1.0}],
     "early_stop": [{"early_stop.patience": 1}],
     "prune": [{"prune.ratio": 0.5, "prune.finetune_epochs": 1}],
+    "loss": [{"loss.name": "focal", "loss.gamma": 2.0}],
+    "distill": [{"distill.teacher": "TEACHER", "distill.temperature": 4.0, "distill.alpha": 0.5}],
+    "finetune": [{"finetune.freeze_epochs": 1, "finetune.head_lr_mult": 4.0, "finetune.layer_decay": 0.8}],
+    "reparam": [{"reparam.type": "weight_norm"}, {"reparam.type": "spectral_norm"}],
 }
 CASES = [(name, values) for name, settings in ON.items() for values in settings]
 SMALL = TrainConfig(model="resnet18", data="synthetic:cifar10:256", epochs=1, batch_size=128, device="cuda",
                     data_mode="memory")
 
 
-def test_every_trick_is_covered() -> None:
+def test_every_registered_trick_has_a_cuda_case() -> None:
     assert {trick.name for trick in TRICKS} <= set(ON)
+    assert all(resolve_values({k: v for k, v in values.items() if v != "TEACHER"}, "test") for _, values in CASES)
 
 
+@needs_cuda
 @pytest.mark.parametrize(("trick", "values"), CASES, ids=[f"{name}-{i}" for i, (name, _) in enumerate(CASES)])
-def test_each_trick_trains_resnet18_on_cuda(trick: str, values: dict[str, object]) -> None:
+def test_each_trick_trains_resnet18_on_cuda(trick: str, values: dict[str, object], tmp_path: Path) -> None:
+    if values.get("distill.teacher") == "TEACHER":  # a teacher checkpoint of the same classes
+        from autotrick.checkpoint import save_checkpoint
+        from autotrick.models import build_model
+
+        teacher = build_model("resnet18", num_classes=10, in_channels=3, image_size=(32, 32))
+        path = save_checkpoint(tmp_path / "teacher.pt", teacher, spec="resnet18", tricks={}, num_classes=10,
+                               input_shape=(3, 32, 32))
+        values = {**values, "distill.teacher": str(path)}
     trained: list[nn.Module] = []
     result = run_trial(resolve_values(values, "test"), SMALL, on_trained=trained.append)
     assert result.outcome == "finished", result.reason
@@ -57,6 +73,7 @@ def test_each_trick_trains_resnet18_on_cuda(trick: str, values: dict[str, object
         assert result.measurements["sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
+@needs_cuda
 def test_fp16_and_bf16_steps_with_a_fused_optimizer() -> None:
     """fp16 (grad scaler) and bf16 autocast, a step each; the optimizer is fused, so fp16's scaler
     hands it the inf check as a tensor (no read-back)."""
@@ -76,6 +93,7 @@ def test_fp16_and_bf16_steps_with_a_fused_optimizer() -> None:
         assert setup.optimizer.defaults.get("fused") is True
 
 
+@needs_cuda
 def test_data_lives_on_the_device_once_per_process() -> None:
     feed = open_feed("synthetic:cifar10:256", None, device=torch.device("cuda"), mode="memory")
     again = open_feed("synthetic:cifar10:256", None, device=torch.device("cuda"), mode="memory")
