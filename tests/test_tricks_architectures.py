@@ -52,6 +52,7 @@ from autotrick.diagnose import check_model, count_activations
 from autotrick.errors import TrickNote
 from autotrick.params import Value
 from autotrick.tricks.dropout import DROPOUT_LAYERS, classifiers
+from autotrick.tricks.head import final_layers
 from autotrick.tricks.init import SCHEMES, WEIGHT_LAYERS
 from autotrick.tricks.norm import (
     NORM_TYPES,
@@ -65,7 +66,6 @@ from autotrick.tricks.norm import (
     swap_norms,
 )
 from autotrick.tricks.pruning import measure_sparsity, prune_weights
-from autotrick.tricks.head import final_layers
 from autotrick.tricks.trace import trace
 
 

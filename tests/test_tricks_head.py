@@ -54,7 +54,8 @@ def test_finetune_trains_squeezenets_conv_head_which_it_used_to_refuse() -> None
     assert setup.head == [head]
     assert all(p.requires_grad for p in head.parameters())
     assert not any(p.requires_grad for p in setup.model.features.parameters())  # frozen in epoch 0
-    assert max(g["lr"] for g in setup.optimizer.param_groups) == 4.0 * min(g["lr"] for g in setup.optimizer.param_groups)
+    lrs = [g["lr"] for g in setup.optimizer.param_groups]
+    assert max(lrs) == 4.0 * min(lrs)
 
 
 def test_a_new_head_replaces_a_conv_classifier_too() -> None:

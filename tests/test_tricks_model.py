@@ -1,4 +1,5 @@
-"""The model-side tricks (init, norm swap, dropout, pruning) against their formulas, with real torch."""
+"""The model-side tricks (init, norm swap, dropout) against their formulas, with real torch (pruning:
+test_tricks_pruning.py)."""
 
 import copy
 import inspect
@@ -19,7 +20,7 @@ from autotrick.params import Trick
 from autotrick.tricks.dropout import DROPOUT, set_dropout
 from autotrick.tricks.init import INIT, initialize
 from autotrick.tricks.norm import NORM, NORM_LAYERS, ChannelsLastNorm, NoNorm, is_norm, swap_norms
-from autotrick.tricks.pruning import PRUNE, make_pruning_permanent, measure_sparsity, prune_weights
+from autotrick.tricks.pruning import PRUNE, prune_weights
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -555,61 +556,3 @@ def test_dropout_goes_before_the_classifier_not_an_auxiliary_head() -> None:
     fc, aux = model.fc, model.aux
     set_dropout(model, torch.randn(2, 3, 8, 8), p=0.3)
     assert isinstance(model.fc, nn.Sequential) and model.fc[1] is fc and model.aux is aux
-
-
-# --- pruning -------------------------------------------------------------------------------------
-
-
-def prunable_net() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    x, labels = torch.randn(4, 3, 8, 8), torch.arange(4)
-    optimizer.zero_grad()
-    F.cross_entropy(model(x), labels).backward()
-    optimizer.step()
-
-
-def conv_linear_weights(model: nn.Module) -> list[Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-
-
-@pytest.mark.parametrize("ratio", [0.2, 0.5, 0.9])
-def test_pruned_model_has_the_requested_sparsity(ratio: float) -> None:
-    model = prunable_net()
-    assert measure_sparsity(model).sparsity == 0
-    prune_weights(model, ratio=ratio)
-    sparsity = measure_sparsity(model)
-    assert sparsity.sparsity == pytest.approx(ratio, abs=0.01)
-    weights = sum(w.numel() for w in conv_linear_weights(model))
-    assert sparsity.total_params == sum(p.numel() for p in prunable_net().parameters())
-    assert sparsity.nonzero_params == pytest.approx(sparsity.total_params - ratio * weights, abs=2)
-
-
-def test_zeros_stay_zero_while_finetuning_and_after_removal() -> None:
-    model = prunable_net()
-    prune_weights(model, ratio=0.5)
-    zeros = [w == 0 for w in conv_linear_weights(model)]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-    for _ in range(2):
-        train_step(model, optimizer)
-    masked = measure_sparsity(model)
-    assert masked.sparsity == pytest.approx(0.5, abs=0.01)
-    make_pruning_permanent(model)
-    assert not any(name.endswith(("_orig", "_mask")) for name in model.state_dict())
-    assert all(torch.all(w[z] == 0) for w, z in zip(conv_linear_weights(model), zeros, strict=True))
-    assert measure_sparsity(model) == masked
-    train_step(model, torch.optim.SGD(model.parameters(), lr=0.1))  # a plain model again
-
-
-def test_ratio_zero_and_removal_on_an_unpruned_model_do_nothing() -> None:
-    model = prunable_net()
-    before = copy.deepcopy(model.state_dict())
-    prune_weights(model, ratio=0.0)
-    make_pruning_permanent(model)
-    assert model.state_dict().keys() == before.keys()
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-
