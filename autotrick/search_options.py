@@ -11,6 +11,7 @@ parent run is opened, so the run records the device the trials really use.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,17 @@ class SearchOptions:
 
 def versions() -> dict[str, str]:
     """The installed versions of autotrick and the libraries a search's numbers depend on."""
+    return dict(_installed())
+
+
+@functools.cache
+def _installed() -> tuple[tuple[str, str], ...]:
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {}
+    found = []
     for package in ("autotrick", "torch", "ray", "optuna", "mlflow"):
         try:
-            found[package] = version(package)
+            found.append((package, version(package)))
         except PackageNotFoundError:
             continue
-    return found
+    return tuple(found)
