@@ -96,6 +96,9 @@ class TrialRecord:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
+UNSETTLED_DEVICE = "auto"  # SearchInfo.device while auto GPUs on a cluster wait for the connection
+
+
 @dataclass
 class SearchInfo:
     """The search as the parent MLflow run and the recipe's provenance describe it."""

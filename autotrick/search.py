@@ -379,8 +379,8 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
     """Run (or resume) the search until the study holds `trials` finished trials.
 
     `on_started` gets the options once Ray is up and the trials' GPUs and device are settled
-    (`auto` on a cluster is settled here), before any trial runs: where MLflow's parent run
-    opens. `before_shutdown` gets the result while Ray is still up, so that the caller's last
+    (`auto` on a cluster is settled here), before any trial runs: the caller records what
+    settled. `before_shutdown` gets the result while Ray is still up, so that the caller's last
     work (MLflow plots, the registry) overlaps Ray's shutdown instead of following it."""
     timings: dict[str, float] = {}
     started = time.perf_counter()

@@ -5,8 +5,9 @@ nothing decides the device again.
 
 The trials' device follows their GPU share, one way (`trial_device`). It is settled when the
 share is: in `prepare_search` for a local Ray or a number given with --address; for `auto` on a
-cluster, once connected, when the search knows the cluster's GPUs (`with_gpus`), before MLflow's
-parent run is opened, so the run records the device the trials really use.
+cluster, once connected, when the search knows the cluster's GPUs (`with_gpus`). MLflow's parent
+run opens while Ray starts; an unsettled device goes on it once settled (SearchTracker's
+search_settled), so the run records the device the trials really use.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from autotrick.data.size import DataSize
 from autotrick.records import SearchInfo
 from autotrick.space import SearchSpace
 from autotrick.trainer import TrainConfig
-
-AUTO_DEVICE = "auto"  # the trials' device while `auto` GPUs on a cluster wait for the connection
 
 
 def trial_device(gpus_per_trial: float) -> str:

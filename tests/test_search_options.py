@@ -11,7 +11,9 @@ import pytest
 
 from autotrick.commands import SearchRequest
 from autotrick.commands._search import prepare_search
-from autotrick.search_options import AUTO_DEVICE, SearchOptions, trial_device
+from autotrick.records import UNSETTLED_DEVICE
+from autotrick.search_options import SearchOptions, trial_device
+from autotrick.trainer import TrainConfig
 
 
 def prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **given: object) -> SearchOptions:
@@ -34,7 +36,7 @@ def test_a_local_search_is_settled_with_its_measured_data_and_device(tmp_path: P
 
 def test_the_device_follows_the_gpu_share_in_one_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     options = prepared(tmp_path, monkeypatch, gpus_per_trial="0")
-    pending = SearchOptions(name=options.name, space=options.space, train=options.train.__class__(device=AUTO_DEVICE),
+    pending = SearchOptions(name=options.name, space=options.space, train=TrainConfig(device=UNSETTLED_DEVICE),
                             state_dir=options.state_dir, data_size=options.data_size, gpus_per_trial=None)
     assert not pending.settled and pending.info().device == "auto"
     quarter = pending.with_gpus(0.25)

@@ -18,8 +18,8 @@ from autotrick.commands._format import measurements_text, tricks_text
 from autotrick.commands._inputs import check_model_and_data, resolve_model_files
 from autotrick.errors import ConfigError, first_line
 from autotrick.recipe import Recipe
-from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord, better
-from autotrick.search_options import AUTO_DEVICE, SearchOptions, trial_device
+from autotrick.records import UNSETTLED_DEVICE, Outcome, SearchInfo, SearchResult, TrialRecord, better
+from autotrick.search_options import SearchOptions, trial_device
 from autotrick.signals import StopSignals
 from autotrick.trainer import TrainConfig
 
@@ -112,7 +112,7 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     plan = plan_data(size, data_mode, device=trial_device(gpus or 0.0), trials_at_once=at_once,
                      gpu_share=gpus or 1.0)
     train = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=max_epochs,
-                        batch_size=space.batch_size, seed=seed, device=AUTO_DEVICE, data_mode=plan.mode)
+                        batch_size=space.batch_size, seed=seed, device=UNSETTLED_DEVICE, data_mode=plan.mode)
     fixed = space.domains.get("distill.teacher")
     teacher = fixed.value if isinstance(fixed, Fixed) else None  # free text is only ever fixed
     if request.weights or teacher is not None:
@@ -255,25 +255,27 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
     # lazy datasets are not decoded here just for it, whether the trials hold them in memory or stream them.
     data = load_data(options.train.data, options.train.data_dir) \
         if options.train.data_mode == "memory" and not options.data_size.streamable else None
+    # The parent run opens now, while Ray starts (MLflow's import and the store's set-up overlap
+    # it), so that a failure from here on ends it FAILED; auto GPUs on a cluster settle once
+    # connected, and the device goes on the parent run then.
+    tracker = SearchTracker(options.info(), tracking_uri=options.tracking_uri, resume=options.resume, dataset=data)
     progress = _ProgressPrinter(options.info(), verbose=options.verbose)
     click.echo(f"search '{options.name}': {options.space.name} space, {options.train.model} on {options.train.data}, "
                f"{budget.trials} trials x up to {budget.max_epochs} epochs, {budget.metric} ({budget.mode}); "
                f"{describe_gpus(options.gpus_per_trial, options.requested_gpus)}, {options.data_plan}; "
                f"MLflow {resolve_tracking_uri(options.tracking_uri)}" + ("; resuming" if options.resume else ""))
     resume_hint = f"resume with `autotrick search --name {options.name} --resume`"
-    trackers: list[SearchTracker] = []  # MLflow's parent run, opened once the search is settled
 
     def on_started(settled: SearchOptions) -> None:
-        trackers.append(SearchTracker(settled.info(), tracking_uri=settled.tracking_uri, resume=settled.resume,
-                                      dataset=data))
+        if not options.settled:
+            tracker.search_settled(settled.info())
 
     def on_record(record: TrialRecord) -> None:
         progress(record)
-        trackers[0].trial_finished(record)
+        tracker.trial_finished(record)
 
     def before_shutdown(result: SearchResult) -> None:
         """The recipe, and MLflow's last writes queued while Ray is still up (not waited for)."""
-        tracker = trackers[0]
         recipe = Recipe.from_search(result, mlflow_run_id=tracker.parent_run_id)
         if recipe is not None:
             recipe.write(output)
@@ -288,18 +290,14 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
         result = run_search(options, on_record, before_shutdown, on_started)
     except KeyboardInterrupt:  # a signal outside Tune's loop (starting, or a second one)
         done = len(finished_records(options.state_dir, options.name))
-        for tracker in trackers:
-            tracker.search_ended_early("KILLED", f"interrupted by {signals.name} after {done} of {budget.trials} "
-                                                 "trials")
-            tracker.close()
+        tracker.search_ended_early("KILLED", f"interrupted by {signals.name} after {done} of {budget.trials} trials")
+        tracker.close()
         click.echo(f"interrupted by {signals.name} after {done} of {budget.trials} trials: {resume_hint}", err=True)
         return signals.exit_code
     except BaseException as error:  # the parent run must not be left RUNNING
-        for tracker in trackers:
-            tracker.search_ended_early("FAILED", first_line(error))
-            tracker.close()
+        tracker.search_ended_early("FAILED", first_line(error))
+        tracker.close()
         raise
-    tracker = trackers[0]
     waited = time.perf_counter()
     tracker.close()
     result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotrick.errors import first_line
 from autotrick.recipe import RECIPE_FILE
-from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
+from autotrick.records import UNSETTLED_DEVICE, Outcome, SearchInfo, SearchResult, TrialRecord
 from autotrick.tracking._describe import (
     BEST_MARK,
     Links,
@@ -143,9 +143,17 @@ class SearchLog:
         return self.client.create_run(self.experiment_id, tags=tags, run_name=info.name).info.run_id
 
     def _describe_parent(self) -> None:
-        _log_batch(self.client, self.parent_id, params=_params(self.info.params()))
+        # A device still to be settled (auto GPUs on a cluster) is logged once it is: settle().
+        params = {k: v for k, v in self.info.params().items() if not (k == "device" and v == UNSETTLED_DEVICE)}
+        _log_batch(self.client, self.parent_id, params=_params(params))
         if self.inputs:
             self.client.log_inputs(self.parent_id, datasets=self.inputs)
+
+    def settle(self, info: SearchInfo) -> None:
+        """The search's settled configuration (its trials' device, known once Ray is connected)."""
+        self.info = info
+        if info.device != UNSETTLED_DEVICE:
+            self.client.log_param(self.parent_id, "device", info.device)
 
     def _resume(self) -> None:
         """Reopen the parent; a child still RUNNING was cut off when the search was killed."""

@@ -62,6 +62,12 @@ class SearchTracker:
         says little: it runs at low priority, in the gaps the trials leave)."""
         return self._seconds
 
+    def search_settled(self, info: SearchInfo) -> None:
+        """The search once Ray is connected: what `info` settled (auto GPUs on a cluster: the trials'
+        device) goes on the parent run, which opened before the device could be known."""
+        self.info = info
+        self._jobs.put(lambda log: log.settle(info))
+
     def trial_finished(self, record: TrialRecord) -> None:
         self._jobs.put(lambda log: log.log_trial(record))
 
