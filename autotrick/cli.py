@@ -191,6 +191,9 @@ def spaces() -> None:
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
 @_data_mode_option(None)
 @click.option("--weights", default=None, help=_WEIGHTS_HELP)
+@click.option("--objectives", default=None, metavar="A,B,...",
+              help="search several objectives: the first (val_accuracy or val_loss) and any of latency_ms, params, "
+                   "size_mb, flops, train_seconds, int8_accuracy; prints and records the Pareto front")
 @click.option("--verbose", "-v", is_flag=True,
               help="show Ray's own tables and logs, failed trials' tracebacks, and your own code's traceback "
                    "when it raises")

@@ -69,11 +69,13 @@ from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
 from autotrick.space import SearchSpace, baseline_values
 from autotrick.study import (
     BASELINE_KEY,
+    OBJECTIVES,
     RECORD,
     existing_trials,
     open_journal,
     records_from_study,
     requeue_interrupted,
+    study_directions,
     tell,
 )
 from autotrick.system_metrics import PREFIX as SYSTEM_PREFIX
@@ -106,6 +108,7 @@ class SearchOptions:
     verbose: bool = False
     save_models: bool = False          # keep each trial's weights so the best can be registered
     data_plan: str = ""                # how the data reaches the trials, as the header says it
+    objectives: tuple[str, ...] = ()   # several: a multi-objective study, ASHA on the first (budget.metric)
 
     @property
     def threads_per_trial(self) -> int:
@@ -119,7 +122,7 @@ class SearchOptions:
                           metric=budget.metric, mode=budget.mode, trials=budget.trials,
                           max_epochs=budget.max_epochs, batch_size=self.space.batch_size, seed=self.train.seed,
                           device=self.train.device, threads=self.threads_per_trial,
-                          grace_epochs=budget.grace_epochs, versions=versions)
+                          grace_epochs=budget.grace_epochs, versions=versions, objectives=self.objectives)
 
 
 def saved_model_path(state_dir: Path, number: int) -> Path:
@@ -142,9 +145,11 @@ def warm_worker() -> None:
         load_data(data, data_dir or None)
 
 
-def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, state_dir: str | None) -> None:
+def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, state_dir: str | None,
+                  objectives: tuple[str, ...] = ()) -> None:
     """The trainable: one trial in a (reused) Ray actor. Every outcome, a raised exception
-    included, is reported as a result, so the driver records it with its reason."""
+    included, is reported as a result, so the driver records it with its reason. With several
+    `objectives`, the trained model is measured for them (autotrick.objectives)."""
     from autotrick.system_metrics import SystemSampler
     from autotrick.trainer import run_trial
 
@@ -152,16 +157,23 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
     worst = 0.0 if metric == "val_accuracy" else 1e9
     gpus = ray.get_gpu_ids() if train.device == "cuda" else []
     system = SystemSampler(int(gpus[0]) if gpus and str(gpus[0]).isdigit() else None)
+    measured: dict[str, float] = {}  # the trained model's objectives (on_trained runs before the last report)
 
     def report(epoch: EpochReport) -> None:
         metrics = {**epoch.metrics(), **system.sample(), "outcome": epoch.outcome.value if epoch.outcome else "",
                    "reason": epoch.warning, STEP_LRS: [list(pair) for pair in epoch.step_lrs]}
         if not math.isfinite(metrics[metric]):
             metrics[metric] = worst  # ASHA compares this number: a NaN would poison its rungs
+        if epoch.outcome is not None:  # the last report, which ASHA may end the trial on: the objectives
+            metrics.update({f"{_MEASURED}{key}": value for key, value in measured.items()})
         tune.report(metrics)
 
     save = partial(_save_model, saved_model_path(Path(state_dir), int(config[TRIAL_KEY])), train, values) \
         if state_dir else None
+    if objectives:
+        from autotrick.objectives import measure_trained
+
+        save = partial(measure_trained, measured, objectives, train, then=save)
     try:
         result = run_trial(values, train, report, on_trained=save)
     except Exception as exc:  # recorded as a failed trial; the search goes on
@@ -252,7 +264,7 @@ class _TrickSearcher(Searcher):
     here goes through Optuna's and Ray's public interfaces."""
 
     def __init__(self, space: SearchSpace, *, study_name: str, storage: optuna.storages.BaseStorage,
-                 seed: int, scheduler: _ASHA) -> None:
+                 seed: int, scheduler: _ASHA, objectives: tuple[str, ...] = ()) -> None:
         super().__init__(metric=space.budget.metric, mode=space.budget.mode)
         self._define = _DefineByRun(space)
         self._scheduler = scheduler
@@ -260,8 +272,11 @@ class _TrickSearcher(Searcher):
         # A resumed study re-seeds the sampler past the trials it has, so it does not redraw them.
         sampler = optuna.samplers.TPESampler(seed=seed + existing, constant_liar=True, n_startup_trials=8)
         direction = "maximize" if space.budget.mode == "max" else "minimize"
+        # several objectives: TPE samples them too (its multi-objective form), study.tell takes each
         self.study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
-                                         direction=direction, load_if_exists=True)
+                                         load_if_exists=True, **study_directions(objectives, direction))
+        if objectives:
+            self.study.set_user_attr(OBJECTIVES, list(objectives))
         self._trials: dict[str, optuna.Trial] = {}   # Ray's trial id -> the Optuna trial it runs
         self._configs: dict[str, dict[str, Any]] = {}  # every value drawn, fixed ones included
         self._history: dict[str, list[dict[str, float]]] = {}
@@ -479,7 +494,7 @@ def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[Tr
         scheduler = _ASHA(time_attr="training_iteration", max_t=budget.max_epochs,
                           grace_period=budget.grace_epochs, reduction_factor=4)
         searcher = _TrickSearcher(options.space, study_name=options.name, storage=storage,
-                                  seed=options.train.seed, scheduler=scheduler)
+                                  seed=options.train.seed, scheduler=scheduler, objectives=options.objectives)
         remaining = budget.trials - len(records_from_study(searcher.study))
         if remaining > 0:
             fit_started = time.perf_counter()
@@ -550,7 +565,8 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     train = replace(options.train, epochs=options.space.budget.max_epochs, threads=options.threads_per_trial)
     progress = _Progress(searcher, on_record)
     trainable = tune.with_parameters(run_one_trial, train=train, metric=options.space.budget.metric,
-                                     state_dir=str(options.state_dir.resolve()) if options.save_models else None)
+                                     state_dir=str(options.state_dir.resolve()) if options.save_models else None,
+                                     objectives=options.objectives)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": options.cpus_per_trial, "gpu": gpus}),
         tune_config=tune.TuneConfig(

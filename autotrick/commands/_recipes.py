@@ -30,6 +30,11 @@ def show_recipe(ref: str, *, tracking_uri: str | None) -> None:
     from autotrick.tracking import load_recipe
     from autotrick.tricks import defaults
 
+    if Path(ref).is_dir():  # a multi-objective search's NAME.pareto/
+        from autotrick.commands._pareto import show_front
+
+        show_front(Path(ref))
+        return
     recipe = load_recipe(ref, tracking_uri=tracking_uri)
     provenance, baseline = recipe.provenance, defaults()
     metric = provenance.get("metric", "metric")

@@ -51,6 +51,7 @@ class SearchRequest:
     num_cpus: int | None = None  # a local Ray's CPUs (tests and benchmarks pin 2)
     data_mode: str | None = None  # memory | stream | auto (the default: by size)
     weights: str | None = None  # the model starts from these: a file, models:/ or runs:/
+    objectives: str | None = None  # several, comma-separated: the Pareto front (autotrick.objectives)
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,10 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
         space_file = Path(request.space or DEFAULT_SPACE)
     space = space_from_text(space_yaml, space_file)
     max_epochs = request.max_epochs or space.budget.max_epochs
+    objectives = _objectives(request.objectives)
     space = space.with_budget(trials=request.trials, max_epochs=max_epochs,
-                              grace_epochs=min(space.budget.grace_epochs, max_epochs))
+                              grace_epochs=min(space.budget.grace_epochs, max_epochs),
+                              metric=objectives[0] if objectives else None)  # ASHA stops on the first
     from autotrick.data import check_data_mode, plan_data
     from autotrick.device import trials_at_once
 
@@ -133,12 +136,25 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                             concurrency=request.concurrency, address=request.address,
                             num_cpus=request.num_cpus, time_budget_s=request.time_budget,
                             resume=request.resume, verbose=request.verbose,
-                            save_models=request.register is not None)
+                            save_models=request.register is not None, objectives=objectives)
     effective = replace(request, space=str(space_file), model=model, data=data, data_dir=data_dir,
                         trials=space.budget.trials, max_epochs=max_epochs, cpus_per_trial=cpus,
                         seed=seed, output=str(output), tracking_uri=tracking_uri,
                         data_mode=data_mode)
     return _Prepared(options, output, effective, space_yaml)
+
+
+def _objectives(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    from autotrick.objectives import parse_objectives
+
+    names = tuple(o.name for o in parse_objectives(text))
+    if "int8_accuracy" in names:
+        from autotrick.commands._export import check_deploy_installed
+
+        check_deploy_installed()
+    return names
 
 
 def gpus_per_trial(value: float | str | None, *, address: str | None) -> float | None:
@@ -269,7 +285,8 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
     click.echo(f"search '{info.name}': {options.space.name} space, {info.model} on {info.data}, "
                f"{info.trials} trials x up to {info.max_epochs} epochs, {info.metric} ({info.mode}); "
                f"{describe_gpus(options.gpus_per_trial, request.gpus_per_trial)}, {options.data_plan}; "
-               f"MLflow {resolve_tracking_uri(request.tracking_uri)}" + ("; resuming" if request.resume else ""))
+               f"MLflow {resolve_tracking_uri(request.tracking_uri)}" + ("; resuming" if request.resume else "")
+               + (f"; objectives {', '.join(info.objectives)}" if info.objectives else ""))
     resume_hint = f"resume with `autotrick search --name {info.name} --resume`"
 
     def on_record(record: TrialRecord) -> None:
@@ -305,6 +322,10 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
     result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time
     result.timings["logging_cpu_s"] = tracker.logging_seconds
     click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id, request.tracking_uri))
+    if info.objectives:
+        from autotrick.commands._pareto import finish_front
+
+        click.echo("\n".join(finish_front(result, output, tracker.parent_run_id, request.tracking_uri)))
     if result.interrupted:
         click.echo(f"interrupted after {len(result.records)} of {info.trials} trials: {resume_hint}", err=True)
         return signals.exit_code
