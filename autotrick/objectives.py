@@ -90,6 +90,7 @@ def measure(model: nn.Module, names: Iterable[str], *, input_shape: tuple[int, i
             model(one)
         found["flops"] = float(counter.get_total_flops())
     if "latency_ms" in wanted:
+        inference_ms(model, one, repeats=3)  # warm-up: a fresh model's first calls pick kernels, allocate
         found["latency_ms"] = inference_ms(model, one, repeats=20)
     if "int8_accuracy" in wanted:
         if data is None:
