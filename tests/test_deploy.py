@@ -233,3 +233,34 @@ def test_export_onnx_of_a_run_without_a_model_exits_2(tmp_path: Path, capsys: py
                               "--tracking-uri", uri], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no model there" in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_tricks_that_change_the_graph_export_as_their_inference_model(tmp_path: Path) -> None:
+    from autotrick.apply import apply_tricks
+
+    example = torch.randn(4, 1, 8, 8)
+    model = build_model("cnn", num_classes=10, in_channels=1, image_size=(8, 8))
+    setup = apply_tricks({"norm.type": "batch_renorm", "reparam.type": "weight_norm", "quant.qat": 1}, model,
+                         num_classes=10, steps_per_epoch=1, epochs=1, example=example)
+    setup.model.train()
+    setup.model(example)  # the running statistics move off their initial values
+    plain = setup.export()
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in plain.modules())
+    _matches_pytorch(plain, (1, 8, 8), tmp_path / "tricks.onnx")
+
+
+@pytest.mark.slow
+def test_export_onnx_of_a_searchs_best_model_by_search_name(
+        ray_address: str, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autotrick.commands import SearchRequest, run_search_command
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    assert run_search_command(SearchRequest(space="quick", trials=2, max_epochs=3, name="best", tracking_uri=uri,
+                                            register="digits-best")) == 0
+    capsys.readouterr()
+    code, out, err = run_cli(["export", "--name", "best", "--onnx", str(workdir / "best.onnx"),
+                              "--tracking-uri", uri], capsys)
+    assert code == 0, err
+    assert "verified" in out and (workdir / "best.onnx").is_file()
+    recipe = yaml.safe_load((workdir / "best.recipe.yaml").read_text())
+    assert recipe["provenance"]["search"] == "best" and "onnx_latency_ms_b1" in recipe["provenance"]["deployment"]
