@@ -65,7 +65,7 @@ def run_onnx_export(*, search_name: str | None, run_id: str | None, model_ref: s
     model = load_model(source.model_ref, tracking_uri=tracking_uri)
     feed = open_feed(data, data_dir, device=torch.device("cpu"))
     report = deploy_model(model, feed, onnx_path, int8=int8,
-                          qat=bool(recipe and (recipe.tricks.get("quant.qat_epochs") or 0) > 0))
+                          qat=bool(recipe and recipe.tricks.get("quant.qat")))
     for line in report.lines():
         click.echo(line)
     report_path = onnx_path.with_suffix(".report.json")

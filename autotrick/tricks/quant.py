@@ -48,6 +48,10 @@ class FakeQuantWeight(nn.Module):
 class FakeQuantInput(nn.Module):
     """x -> x_q: asymmetric uint8 per tensor over the moving range [lo, hi] (updated in training)."""
 
+    lo: Tensor
+    hi: Tensor
+    seen: Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("lo", torch.zeros(()))
