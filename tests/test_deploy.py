@@ -221,6 +221,8 @@ def test_export_onnx_of_a_run_registers_fp32_and_int8_with_aliases(
     assert "deploy/export_report.json" in artifacts
     recipe = yaml.safe_load((tmp_path / "best.recipe.yaml").read_text())
     assert recipe["provenance"]["deployment"]["onnx_accuracy"] > 0.9
+    code, shown, _ = run_cli(["show", str(tmp_path / "best.recipe.yaml")], capsys)
+    assert code == 0 and "deployment: " in shown and "int8_latency_ms_b64" in shown
 
 
 def test_export_onnx_of_a_run_without_a_model_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -264,3 +266,20 @@ def test_export_onnx_of_a_searchs_best_model_by_search_name(
     assert "verified" in out and (workdir / "best.onnx").is_file()
     recipe = yaml.safe_load((workdir / "best.recipe.yaml").read_text())
     assert recipe["provenance"]["search"] == "best" and "onnx_latency_ms_b1" in recipe["provenance"]["deployment"]
+
+
+def test_export_onnx_of_a_registered_model_adds_onnx_versions_beside_it(
+        tmp_path: Path, trial_run: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    import mlflow
+
+    uri, run_id = trial_run
+    client = mlflow.MlflowClient(uri)
+    version = mlflow.register_model(f"runs:/{run_id}/model", "digits-cnn").version
+    client.set_registered_model_alias("digits-cnn", "champion", version)
+    code, out, err = run_cli(["export", "--model", "models:/digits-cnn@champion", "--onnx", str(tmp_path / "c.onnx"),
+                              "--tracking-uri", uri], capsys)
+    assert code == 0, err
+    model = client.get_registered_model("digits-cnn")
+    assert set(model.aliases) == {"champion", "champion-onnx"}  # no --int8: no INT8 version
+    assert model.aliases["champion-onnx"] != model.aliases["champion"]
+    assert "models:/digits-cnn@champion-onnx" in out
