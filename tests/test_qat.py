@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from test_trainer import HostReads
 from torch import nn
 
 from autotrick.space import resolve_values
 from autotrick.trainer import TrainConfig, run_trial
 from autotrick.tricks.quant import MOMENTUM, FakeQuantInput, FakeQuantWeight, qat_active, start_qat, stop_qat
-from tests.test_trainer import HostReads
 
 
 def test_weights_are_rounded_to_int8_per_output_channel() -> None:
