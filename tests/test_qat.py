@@ -71,3 +71,13 @@ def test_qat_reads_nothing_back_per_step() -> None:
             run_trial(values, replace(config, batch_size=batch_size))
         reads[batch_size] = mode.calls
     assert reads[32] == reads[128], reads
+
+
+def test_qat_composes_with_pruning_oneshot_gradual_and_structured() -> None:
+    config = TrainConfig(epochs=3, batch_size=64)
+    for prune in ({"prune.ratio": 0.5}, {"prune.ratio": 0.5, "prune.schedule": "gradual"},
+                  {"prune.ratio": 0.5, "prune.structured": True}):
+        kept: list[nn.Module] = []
+        result = run_trial(resolve_values({"quant.qat": 2, **prune}, "test"), config, on_trained=kept.append)
+        assert result.outcome == "finished", (prune, result.reason)
+        assert not qat_active(kept[0])

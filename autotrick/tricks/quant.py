@@ -13,7 +13,8 @@ estimator (1 inside the clamp range, 0 outside): torch.fake_quantize_per_channel
 fake_quantize_per_tensor_affine, core ops (torch.ao.quantization, deprecated, is not used).
 Everything stays on the device: no read-back per step.
 The weights' fake quantization is a parametrization, so exporting the model folds it in (the weights
-leave on the int8 grid); the input hooks are removed then too.
+leave on the int8 grid); the input hooks are removed then too. While pruning's mask is held (the
+finetune epochs after magnitude pruning), only the layers' inputs are fake-quantized.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def start_qat(model: nn.Module) -> bool:
     for module in model.modules():
         if not isinstance(module, WEIGHT_LAYERS):
             continue
-        if not _weight_quantized(module):
+        # Under a pruning mask (finetuning after pruning), torch's pruning computes `weight` from
+        # weight_orig in a hook of its own: that layer's inputs are fake-quantized, not its weights.
+        if not _weight_quantized(module) and not hasattr(module, "weight_orig"):
             parametrize.register_parametrization(module, "weight", FakeQuantWeight())
             added = True
         if not hasattr(module, _HOOKS):
