@@ -57,6 +57,7 @@ from autotrick.tricks.pruning import (
     prune_channels,
     prune_weights,
 )
+from autotrick.tricks.quant import QUANT, start_qat, stop_qat
 from autotrick.tricks.reparam import REPARAM, remove_reparametrizations, reparametrize
 from autotrick.tricks.schedule import SCHEDULE, build_scheduler
 from autotrick.tricks.smoothing import SMOOTHING, soft_cross_entropy, soft_targets
@@ -148,6 +149,7 @@ class TrainingSetup:
         self._freeze_epochs = int(FINETUNE.kwargs(self.values)["freeze_epochs"])
         self._backbone = backbone_parameters(self.model, self.head) if self._freeze_epochs else []
         self._sparsity = 0.0  # reached by gradual pruning so far
+        self._qat_epochs = int(QUANT.kwargs(self.values)["qat"])
         self._kept_zeros: Any = None
         self.on_epoch_start(0)  # the state of the first epoch: a frozen backbone, renorm held
 
@@ -186,7 +188,8 @@ class TrainingSetup:
 
     def on_epoch_start(self, epoch: int) -> None:
         """The per-epoch tricks, at the start of epoch `epoch` (0-based) of `epochs`: the backbone
-        frozen until finetune.freeze_epochs, the gradual pruning step, the batch-renorm ramp."""
+        frozen until finetune.freeze_epochs, the gradual pruning step, the batch-renorm ramp, fake
+        quantization for the last quant.qat epochs."""
         if self._backbone:
             set_frozen(self._backbone, epoch < self._freeze_epochs)
         if self.prune_ratio > 0 and self._prune.get("schedule") == "gradual":
@@ -197,6 +200,8 @@ class TrainingSetup:
                 self._prune_to(sparsity)
                 self._sparsity = sparsity
         set_renorm_limits(self.model, *renorm_limits(epoch / max(self.epochs, 1)))
+        if self._qat_epochs and epoch >= self.epochs - self._qat_epochs:
+            start_qat(self.model)  # the parameters stay the same objects: the optimizer holds them
 
     def _prune_to(self, ratio: float) -> None:
         """Global magnitude pruning to `ratio` on the plain weights: earlier masks are folded in
@@ -266,7 +271,9 @@ class TrainingSetup:
 
     def export(self) -> nn.Module:
         """The trained model in plain form, what is saved and registered: reparametrizations
-        folded into plain weights (the optimizer follows, should training go on)."""
+        folded into plain weights (the optimizer follows, should training go on), fake quantization
+        folded into the weights and its input quantizers removed."""
+        stop_qat(self.model)
         if remove_reparametrizations(self.model):
             self._rebuild_optimizer()
         return self.model

@@ -200,6 +200,9 @@ def spaces() -> None:
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
 @_data_mode_option(None)
 @click.option("--weights", default=None, help=_WEIGHTS_HELP)
+@click.option("--objectives", default=None, metavar="A,B,...",
+              help="search several objectives: the first (val_accuracy or val_loss) and any of latency_ms, params, "
+                   "size_mb, flops, train_seconds, int8_accuracy; prints and records the Pareto front")
 @click.option("--verbose", "-v", is_flag=True, callback=_note_verbose,
               help="show Ray's own tables and logs, failed trials' tracebacks, and your own code's traceback "
                    "when it raises")
@@ -211,14 +214,37 @@ def search(**options: Any) -> None:
 
 
 @cli.command()
-@click.option("--name", "search_name", default=None, help="the search whose best recipe to export")
+@click.option("--name", "search_name", default=None, help="the search whose best recipe (or model) to export")
 @click.option("--run", "run_id", default=None, help="an MLflow run id (a search's parent or a trial)")
-@click.option("--output", "-o", required=True, help="where to write the recipe .yaml")
+@click.option("--output", "-o", default=None, help="where to write the recipe .yaml (with --onnx: default "
+              "FILE.recipe.yaml, with the deployment's measurements)")
+@click.option("--onnx", "onnx", default=None, metavar="FILE.onnx",
+              help="export the trained model to ONNX, verified in ONNX Runtime against PyTorch and measured")
+@click.option("--int8", is_flag=True, help="with --onnx: also FILE.int8.onnx, ONNX Runtime's static INT8 "
+              "quantization calibrated on training images")
+@click.option("--model", "model_ref", default=None,
+              help="with --onnx: the model to export: models:/NAME@alias, runs:/RUN_ID or a checkpoint .pt")
+@click.option("--data", default=None, help="with --onnx: the validation (and calibration) data; default: the recipe's")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--register", default=None, metavar="NAME",
+              help="with --onnx: register the ONNX models as versions of NAME (aliases champion-onnx, champion-int8)")
 @_tracking_uri_option
-def export(search_name: str | None, run_id: str | None, output: str, tracking_uri: str | None) -> None:
-    """Export a search's best recipe from MLflow to a file."""
-    from autotrick.commands import export_recipe
+def export(search_name: str | None, run_id: str | None, output: str | None, onnx: str | None, int8: bool,
+           model_ref: str | None, data: str | None, data_dir: str | None, register: str | None,
+           tracking_uri: str | None) -> None:
+    """Export a search's best recipe from MLflow to a file, or (--onnx) its trained model to ONNX."""
+    from autotrick.commands import export_recipe, run_onnx_export
 
+    if onnx is not None:
+        run_onnx_export(search_name=search_name, run_id=run_id, model_ref=model_ref, onnx=onnx, int8=int8,
+                        output=output, data=data, data_dir=data_dir, register=register, tracking_uri=tracking_uri)
+        return
+    for flag, given in (("--int8", int8), ("--model", model_ref), ("--data", data), ("--data-dir", data_dir),
+                        ("--register", register)):
+        if given:
+            raise ConfigError(f"{flag} is for a model's export: give --onnx FILE.onnx too")
+    if output is None:
+        raise ConfigError("export: give --output FILE.yaml for the recipe, or --onnx FILE.onnx for the model")
     export_recipe(search_name=search_name, run_id=run_id, output=output, tracking_uri=tracking_uri)
 
 

@@ -25,7 +25,7 @@ import yaml
 from autotrick.atomic import write_text_atomically
 from autotrick.errors import ConfigError
 from autotrick.params import Value
-from autotrick.records import SearchResult
+from autotrick.records import SearchResult, TrialRecord
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -51,10 +51,11 @@ class Recipe:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_search(cls, result: SearchResult, *, mlflow_run_id: str | None = None) -> Recipe | None:
-        """The best trial of a complete search as a recipe; None when the search has none to give
-        (interrupted, or no trial succeeded)."""
-        best = result.best
+    def from_search(cls, result: SearchResult, *, mlflow_run_id: str | None = None,
+                    record: TrialRecord | None = None) -> Recipe | None:
+        """The best trial (or `record`, a point of a multi-objective search's front) of a complete
+        search as a recipe; None when the search has none to give (interrupted, or no trial succeeded)."""
+        best = record or result.best
         if not result.complete or best is None:
             return None
         info, baseline = result.info, result.baseline
@@ -64,6 +65,8 @@ class Recipe:
             "mlflow_run_id": mlflow_run_id}
         if best.measurements:
             provenance["measured"] = dict(best.measurements)
+        if info.objectives and (values := best.objective_values(info.objectives)) is not None:
+            provenance["objectives"] = dict(zip(info.objectives, values, strict=True))
         training = {"model": info.model, "data": info.data, "epochs": info.max_epochs, "batch_size": info.batch_size,
                     "seed": info.seed, "precision": best.values.get("precision.dtype", "fp32"), "threads": info.threads}
         if info.weights:

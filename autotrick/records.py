@@ -9,7 +9,7 @@ object from the search to the tracker, the summary and the recipe builder.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,14 @@ class TrialRecord:
         """`metric` as the trial reported it at the end of `epoch`; None if it did not get there."""
         return next((row.get(metric) for row in self.history if row.get("epoch") == epoch), None)
 
+    def objective_values(self, names: Sequence[str]) -> list[float] | None:
+        """The trial's value of each objective (autotrick.objectives): measured on its trained model,
+        or its last epoch's validation metric; None when one is missing."""
+        last = self.history[-1] if self.history else {}
+        epochs = {"train_seconds": sum(row.get("seconds", 0.0) for row in self.history)} if self.history else {}
+        values = [self.measurements.get(name, last.get(name, epochs.get(name))) for name in names]
+        return None if any(v is None for v in values) else [float(v) for v in values]  # type: ignore[arg-type]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as the Optuna journal keeps it."""
         return {**asdict(self), "outcome": self.outcome.value}
@@ -118,6 +126,7 @@ class SearchInfo:
     grace_epochs: int = 0                # ASHA's grace: every trial that did not fail trained this long
     versions: dict[str, str] = field(default_factory=dict)
     weights: str | None = None           # what the model started from (--weights), if not from scratch
+    objectives: tuple[str, ...] = ()     # several: the search's Pareto front (the first is `metric`)
 
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "versions"}

@@ -68,6 +68,7 @@ from autotrick.search_options import SearchOptions
 from autotrick.space import SearchSpace
 from autotrick.study import (
     BASELINE_KEY,
+    OBJECTIVES,
     RECORD,
     TRIAL_KEY,
     DefineByRun,
@@ -75,6 +76,7 @@ from autotrick.study import (
     open_journal,
     records_from_study,
     requeue_interrupted,
+    study_directions,
     tell,
 )
 from autotrick.system_metrics import PREFIX as SYSTEM_PREFIX
@@ -109,9 +111,10 @@ def warm_worker() -> None:
 
 
 def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, state_dir: str | None,
-                  size: DataSize) -> None:
+                  size: DataSize, objectives: tuple[str, ...] = ()) -> None:
     """The trainable: one trial in a (reused) Ray actor. Every outcome, a raised exception
-    included, is reported as a result, so the driver records it with its reason."""
+    included, is reported as a result, so the driver records it with its reason. With several
+    `objectives`, the trained model is measured for them (autotrick.objectives)."""
     from autotrick.system_metrics import SystemSampler
     from autotrick.trainer import run_trial
 
@@ -119,6 +122,7 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
     worst = 0.0 if metric == "val_accuracy" else 1e9
     gpus = ray.get_gpu_ids() if train.device == "cuda" else []
     system = SystemSampler(int(gpus[0]) if gpus and str(gpus[0]).isdigit() else None)
+    measured: dict[str, float] = {}  # the trained model's objectives (on_trained runs before the last report)
 
     def report(epoch: EpochReport) -> None:
         metrics = {**epoch.metrics(), **system.sample(), "outcome": epoch.outcome.value if epoch.outcome else "",
@@ -126,10 +130,16 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
         value = metrics[metric]
         if isinstance(value, float) and not math.isfinite(value):
             metrics[metric] = worst  # ASHA compares this number: a NaN would poison its rungs
+        if epoch.outcome is not None:  # the last report, which ASHA may end the trial on: the objectives
+            metrics.update({f"{_MEASURED}{key}": value for key, value in measured.items()})
         tune.report(metrics)
 
     save = partial(_save_model, saved_model_path(Path(state_dir), int(config[TRIAL_KEY])), train, size, values) \
         if state_dir else None
+    if objectives:
+        from autotrick.objectives import measure_trained
+
+        save = partial(measure_trained, measured, objectives, train, then=save)
     try:
         result = run_trial(values, train, report, on_trained=save)
     except Exception as exc:  # recorded as a failed trial; the search goes on
@@ -199,7 +209,7 @@ class _TrickSearcher(Searcher):
     here goes through Optuna's and Ray's public interfaces."""
 
     def __init__(self, space: SearchSpace, *, study_name: str, storage: optuna.storages.BaseStorage,
-                 seed: int, scheduler: _ASHA) -> None:
+                 seed: int, scheduler: _ASHA, objectives: tuple[str, ...] = ()) -> None:
         super().__init__(metric=space.budget.metric, mode=space.budget.mode)
         self._define = DefineByRun(space)
         self._scheduler = scheduler
@@ -207,8 +217,11 @@ class _TrickSearcher(Searcher):
         # A resumed study re-seeds the sampler past the trials it has, so it does not redraw them.
         sampler = optuna.samplers.TPESampler(seed=seed + existing, constant_liar=True, n_startup_trials=8)
         direction: Literal["maximize", "minimize"] = "maximize" if space.budget.mode == "max" else "minimize"
+        # several objectives: TPE samples them too (its multi-objective form), study.tell takes each
         self.study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
-                                         direction=direction, load_if_exists=True)
+                                         load_if_exists=True, **study_directions(objectives, direction))
+        if objectives:
+            self.study.set_user_attr(OBJECTIVES, list(objectives))
         self._trials: dict[str, optuna.Trial] = {}   # Ray's trial id -> the Optuna trial it runs
         self._configs: dict[str, dict[str, Any]] = {}  # every value drawn, fixed ones included
         self._history: dict[str, list[dict[str, float]]] = {}
@@ -398,7 +411,7 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
         scheduler = _ASHA(time_attr="training_iteration", max_t=budget.max_epochs,
                           grace_period=budget.grace_epochs, reduction_factor=4)
         searcher = _TrickSearcher(options.space, study_name=options.name, storage=storage,
-                                  seed=options.train.seed, scheduler=scheduler)
+                                  seed=options.train.seed, scheduler=scheduler, objectives=options.objectives)
         remaining = budget.trials - len(records_from_study(searcher.study))
         if remaining > 0:
             fit_started = time.perf_counter()
@@ -468,7 +481,7 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     progress = _Progress(searcher, on_record)
     trainable = tune.with_parameters(run_one_trial, train=train, metric=options.space.budget.metric,
                                      state_dir=str(options.state_dir.resolve()) if options.save_models else None,
-                                     size=options.data_size)
+                                     size=options.data_size, objectives=options.objectives)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": options.cpus_per_trial, "gpu": gpus}),
         tune_config=tune.TuneConfig(

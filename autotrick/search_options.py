@@ -50,6 +50,7 @@ class SearchOptions:
     tracking_uri: str = ""             # the MLflow store, resolved
     register: str | None = None        # --register: the registered model's name
     weights: str | None = None         # --weights as given: what the model starts from
+    objectives: tuple[str, ...] = ()   # several: a multi-objective study, ASHA on the first (budget.metric)
     stored_request: dict[str, Any] = field(default_factory=dict)  # request.json: every option's effective value
 
     @property
@@ -73,7 +74,8 @@ class SearchOptions:
                           metric=budget.metric, mode=budget.mode, trials=budget.trials,
                           max_epochs=budget.max_epochs, batch_size=self.space.batch_size, seed=self.train.seed,
                           device=self.train.device, threads=self.threads_per_trial,
-                          grace_epochs=budget.grace_epochs, versions=versions(), weights=self.weights)
+                          grace_epochs=budget.grace_epochs, versions=versions(), weights=self.weights,
+                          objectives=self.objectives)
 
 
 def versions() -> dict[str, str]:

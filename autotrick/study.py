@@ -22,6 +22,7 @@ BASELINE_KEY = "autotrick.baseline"
 TRIAL_KEY = "autotrick.trial"  # with BASELINE_KEY: the config keys of a trial that are not trick values
 REQUEUED_FROM = "autotrick.requeued_from"
 RECORD = "autotrick.record"  # a trial's TrialRecord, kept as a user attribute of the trial
+OBJECTIVES = "autotrick.objectives"  # a multi-objective study's objective names, a user attribute of the study
 
 
 class DefineByRun:
@@ -57,10 +58,25 @@ def existing_trials(storage: optuna.storages.BaseStorage, study_name: str) -> in
         return 0
 
 
+def study_directions(objectives: tuple[str, ...], direction: str) -> dict[str, Any]:
+    """create_study's keyword for one objective (`direction`) or several (the names'), and the
+    names kept in the study, where `tell` and a resumed search read them."""
+    if not objectives:
+        return {"direction": direction}
+    from autotrick.objectives import DIRECTIONS
+
+    return {"directions": ["maximize" if DIRECTIONS[name] == "max" else "minimize" for name in objectives]}
+
+
 def tell(study: optuna.Study, trial: optuna.Trial | int, record: TrialRecord) -> None:
     """Tell Optuna how a trial ended: a success with its metric, an ASHA stop as PRUNED; diverged,
-    oom, failed or interrupted as FAIL, never left RUNNING."""
-    if record.successful:
+    oom, failed or interrupted as FAIL, never left RUNNING. A multi-objective study is told each
+    objective's value; a trial missing one (its measurement failed) is FAIL."""
+    names = study.user_attrs.get(OBJECTIVES) if len(study.directions) > 1 else None
+    values = record.objective_values(names) if names and record.successful else None
+    if names and record.successful:
+        study.tell(trial, values, state=optuna.trial.TrialState.COMPLETE if values else optuna.trial.TrialState.FAIL)
+    elif record.successful:
         study.tell(trial, record.metric, state=optuna.trial.TrialState.COMPLETE)
     elif record.outcome is Outcome.ASHA_STOPPED and record.metric is not None:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)

@@ -30,6 +30,11 @@ def show_recipe(ref: str, *, tracking_uri: str | None) -> None:
     from autotrick.tracking import load_recipe
     from autotrick.tricks import defaults
 
+    if Path(ref).is_dir():  # a multi-objective search's NAME.pareto/
+        from autotrick.commands._pareto import show_front
+
+        show_front(Path(ref))
+        return
     recipe = load_recipe(ref, tracking_uri=tracking_uri)
     provenance, baseline = recipe.provenance, defaults()
     metric = provenance.get("metric", "metric")
@@ -40,6 +45,9 @@ def show_recipe(ref: str, *, tracking_uri: str | None) -> None:
         gain = f", baseline {base:.4f}, gain {value - base:+.4f}" if isinstance(base, int | float) else ""
         click.echo(f"{metric} {value:.4f}{gain}")
     click.echo("training: " + ", ".join(f"{k} {v}" for k, v in recipe.training.items()))
+    for key in ("objectives", "deployment"):  # a front point's values; what `export --onnx` measured
+        if provenance.get(key):
+            click.echo(f"{key}: " + ", ".join(f"{k} {short_value(v)}" for k, v in provenance[key].items()))
     rows = sorted(recipe.tricks.items(), key=lambda kv: (baseline.get(kv[0]) == kv[1], kv[0]))
     click.echo(f"{'trick parameter':<28} {'value':<16} baseline")
     for key, v in rows:

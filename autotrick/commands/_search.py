@@ -52,6 +52,7 @@ class SearchRequest:
     num_cpus: int | None = None  # a local Ray's CPUs (tests and benchmarks pin 2)
     data_mode: str | None = None  # memory | stream | auto (the default: by size)
     weights: str | None = None  # the model starts from these: a file, models:/ or runs:/
+    objectives: str | None = None  # several, comma-separated: the Pareto front (autotrick.objectives)
 
 
 def search_name(request: SearchRequest) -> str:
@@ -82,8 +83,10 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
         space_file = Path(request.space or DEFAULT_SPACE)
     space = space_from_text(space_yaml, space_file)
     max_epochs = request.max_epochs or space.budget.max_epochs
+    objectives = _objectives(request.objectives)
     space = space.with_budget(trials=request.trials, max_epochs=max_epochs,
-                              grace_epochs=min(space.budget.grace_epochs, max_epochs))
+                              grace_epochs=min(space.budget.grace_epochs, max_epochs),
+                              metric=objectives[0] if objectives else None)  # ASHA stops on the first
     from autotrick.data import check_data_mode, plan_data
     from autotrick.device import trials_at_once
 
@@ -130,9 +133,22 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                             num_cpus=request.num_cpus, time_budget_s=request.time_budget,
                             resume=request.resume, verbose=request.verbose,
                             save_models=request.register is not None, output=output, tracking_uri=tracking_uri,
-                            register=request.register, weights=request.weights,
+                            register=request.register, weights=request.weights, objectives=objectives,
                             stored_request=stored_form(effective, space_yaml))
     return options if gpus is None else options.with_gpus(gpus)  # auto on a cluster: settled once connected
+
+
+def _objectives(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    from autotrick.objectives import parse_objectives
+
+    names = tuple(o.name for o in parse_objectives(text))
+    if "int8_accuracy" in names:
+        from autotrick.commands._export import check_deploy_installed
+
+        check_deploy_installed()
+    return names
 
 
 def gpus_per_trial(value: float | str | None, *, address: str | None) -> float | None:
@@ -263,7 +279,8 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
     click.echo(f"search '{options.name}': {options.space.name} space, {options.train.model} on {options.train.data}, "
                f"{budget.trials} trials x up to {budget.max_epochs} epochs, {budget.metric} ({budget.mode}); "
                f"{describe_gpus(options.gpus_per_trial, options.requested_gpus)}, {options.data_plan}; "
-               f"MLflow {resolve_tracking_uri(options.tracking_uri)}" + ("; resuming" if options.resume else ""))
+               f"MLflow {resolve_tracking_uri(options.tracking_uri)}" + ("; resuming" if options.resume else "")
+               + (f"; objectives {', '.join(options.objectives)}" if options.objectives else ""))
     resume_hint = f"resume with `autotrick search --name {options.name} --resume`"
 
     def on_started(settled: SearchOptions) -> None:
@@ -303,6 +320,10 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
     result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time
     result.timings["logging_cpu_s"] = tracker.logging_seconds
     click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id, options.tracking_uri))
+    if options.objectives:
+        from autotrick.commands._pareto import finish_front
+
+        click.echo("\n".join(finish_front(result, output, tracker.parent_run_id, options.tracking_uri)))
     if result.interrupted:
         click.echo(f"interrupted after {len(result.records)} of {budget.trials} trials: {resume_hint}", err=True)
         return signals.exit_code

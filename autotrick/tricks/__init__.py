@@ -18,13 +18,14 @@ from autotrick.tricks.norm import NORM
 from autotrick.tricks.optim import OPTIM
 from autotrick.tricks.precision import PRECISION
 from autotrick.tricks.pruning import PRUNE
+from autotrick.tricks.quant import QUANT
 from autotrick.tricks.reparam import REPARAM
 from autotrick.tricks.schedule import SCHEDULE
 from autotrick.tricks.smoothing import SMOOTHING
 
 # Tricks added later come last, so the draw order of the earlier ones (and their studies) stays.
 TRICKS: tuple[Trick, ...] = (NORM, DROPOUT, INIT, OPTIM, SCHEDULE, SMOOTHING, MIX, AUGMENT, PRECISION,
-                             CLIP, EARLY_STOP, PRUNE, LOSS, DISTILL, FINETUNE, REPARAM)
+                             CLIP, EARLY_STOP, PRUNE, LOSS, DISTILL, FINETUNE, REPARAM, QUANT)
 BY_NAME: dict[str, Trick] = {t.name: t for t in TRICKS}
 
 
