@@ -191,6 +191,11 @@ def spaces() -> None:
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
 @_data_mode_option(None)
 @click.option("--weights", default=None, help=_WEIGHTS_HELP)
+@click.option("--confirm-top", default=None, type=int, metavar="K",
+              help="after the search, re-train the K best distinct recipes and the baseline over seeds (default 3)")
+@click.option("--confirm-seeds", default=None, type=int, metavar="S",
+              help="seeds per recipe in the confirmation, paired across recipes (default 5, at least 2)")
+@click.option("--no-confirm", is_flag=True, help="name the winner from one seed per trial, without confirmation")
 @click.option("--verbose", "-v", is_flag=True,
               help="show Ray's own tables and logs, failed trials' tracebacks, and your own code's traceback "
                    "when it raises")

@@ -14,6 +14,13 @@ from typing import Any
 
 import click
 
+from autotrick.commands._confirm import (
+    UNCONFIRMED,
+    check_confirm_options,
+    confirmation_lines,
+    confirmed_recipe,
+    run_confirmation,
+)
 from autotrick.commands._format import measurements_text, tricks_text
 from autotrick.commands._inputs import check_model_and_data, resolve_model_files
 from autotrick.errors import ConfigError, first_line
@@ -51,6 +58,9 @@ class SearchRequest:
     num_cpus: int | None = None  # a local Ray's CPUs (tests and benchmarks pin 2)
     data_mode: str | None = None  # memory | stream | auto (the default: by size)
     weights: str | None = None  # the model starts from these: a file, models:/ or runs:/
+    confirm_top: int | None = None  # recipes confirmed over seeds after the search (default 3)
+    confirm_seeds: int | None = None  # default 5
+    no_confirm: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,7 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     model, data = absolute_spec(request.model or space.model), absolute_data_spec(request.data or space.data)
     data_dir = str(Path(request.data_dir).resolve()) if request.data_dir else None
     data_mode = check_data_mode(request.data_mode or "auto")
+    check_confirm_options(request.confirm_top, request.confirm_seeds)
     gpus = gpus_per_trial(request.gpus_per_trial, address=request.address)
     size = check_model_and_data(model, data, data_dir)
     cpus = request.cpus_per_trial or 1.0
@@ -271,22 +282,39 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
                f"{describe_gpus(options.gpus_per_trial, request.gpus_per_trial)}, {options.data_plan}; "
                f"MLflow {resolve_tracking_uri(request.tracking_uri)}" + ("; resuming" if request.resume else ""))
     resume_hint = f"resume with `autotrick search --name {info.name} --resume`"
+    deadline = time.monotonic() + options.time_budget_s if options.time_budget_s else None
+    confirmed: list[Any] = []  # the confirmation, once made; [None] when it was cut off
 
     def on_record(record: TrialRecord) -> None:
         progress(record)
         tracker.trial_finished(record)
 
     def before_shutdown(result: SearchResult) -> None:
-        """The recipe, and MLflow's last writes queued while Ray is still up (not waited for)."""
+        """The confirmation over seeds (on the search's Ray), the recipe, and MLflow's last writes
+        queued while Ray is still up (not waited for)."""
         recipe = Recipe.from_search(result, mlflow_run_id=tracker.parent_run_id)
+        if recipe is not None and not request.no_confirm:
+            confirmation, whole = run_confirmation(options, result, top=request.confirm_top or 3,
+                                                   seeds=request.confirm_seeds or 5, deadline=deadline)
+            if not whole:  # cut off: the search's trials are kept, --resume confirms what is missing
+                confirmed.append(None)
+                return
+            if confirmation is not None:
+                confirmed.append(confirmation)
+                result.confirmed = confirmation.to_dict()
+                result.timings["confirm_s"] = confirmation.seconds
+                recipe = confirmed_recipe(recipe, confirmation, result)
         if recipe is not None:
             recipe.write(output)
-        model = _best_model(options, result.best) if request.register and recipe else None
+        chosen = next((r for r in result.records if recipe and r.number == recipe.provenance.get("trial")), None)
+        model = _best_model(options, chosen) if request.register and recipe else None
         if request.register and recipe and model is None:
-            click.echo(f"warning: --register {request.register}: trial {result.best.number}'s weights were "  # type: ignore[union-attr]
+            click.echo(f"warning: --register {request.register}: trial {chosen.number}'s weights were "  # type: ignore[union-attr]
                        "not saved; nothing registered", err=True)
+        significant = result.confirmed is None or bool(result.confirmed.get("significant"))
         tracker.search_finished(result, recipe, model=model, register_name=request.register,
-                                example_input=_example_input(data, options) if model is not None else None)
+                                example_input=_example_input(data, options) if model is not None else None,
+                                registered=chosen, alias=None if significant else UNCONFIRMED)
 
     try:
         result = run_search(options, info, on_record, before_shutdown)
@@ -300,11 +328,19 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
         tracker.search_ended_early("FAILED", first_line(error))
         tracker.close()
         raise
+    if confirmed == [None]:
+        done = f"{len(result.records)} trials finished; the confirmation was cut off"
+        tracker.search_ended_early("KILLED", done)
+        tracker.close()
+        click.echo(f"{done}: {resume_hint} to confirm the missing seeds", err=True)
+        return signals.exit_code
     waited = time.perf_counter()
     tracker.close()
     result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time
     result.timings["logging_cpu_s"] = tracker.logging_seconds
     click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id, request.tracking_uri))
+    if confirmed and confirmed[0] is not None:
+        click.echo("\n".join(confirmation_lines(confirmed[0])))
     if result.interrupted:
         click.echo(f"interrupted after {len(result.records)} of {info.trials} trials: {resume_hint}", err=True)
         return signals.exit_code
