@@ -196,6 +196,8 @@ def spaces() -> None:
 @click.option("--confirm-seeds", default=None, type=int, metavar="S",
               help="seeds per recipe in the confirmation, paired across recipes (default 5, at least 2)")
 @click.option("--no-confirm", is_flag=True, help="name the winner from one seed per trial, without confirmation")
+@click.option("--ablate", is_flag=True,
+              help="then ablate the winner trick by trick over the same seeds (see `autotrick ablate`)")
 @click.option("--verbose", "-v", is_flag=True,
               help="show Ray's own tables and logs, failed trials' tracebacks, and your own code's traceback "
                    "when it raises")
@@ -216,6 +218,23 @@ def export(search_name: str | None, run_id: str | None, output: str, tracking_ur
     from autotrick.commands import export_recipe
 
     export_recipe(search_name=search_name, run_id=run_id, output=output, tracking_uri=tracking_uri)
+
+
+@cli.command()
+@click.argument("recipe")
+@click.option("--seeds", default=None, type=int, help="seeds per configuration, paired (default 5, at least 2)")
+@click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
+@click.option("--address", default=None, help="an existing Ray cluster (default: start a local Ray)")
+@_tracking_uri_option
+@click.option("--verbose", "-v", is_flag=True, help="show Ray's own tables and logs")
+def ablate(recipe: str, seeds: int | None, num_cpus: int | None, address: str | None, tracking_uri: str | None,
+           verbose: bool) -> None:
+    """Which of a recipe's tricks did the work: each removed from it and added alone to the baseline,
+    over paired seeds, and the greedy path from the baseline to the recipe; writes the minimal recipe."""
+    from autotrick.commands._ablate import ablate_recipe
+
+    ablate_recipe(recipe, seeds=seeds, tracking_uri=tracking_uri, num_cpus=num_cpus, address=address,
+                  verbose=verbose)
 
 
 @cli.command()

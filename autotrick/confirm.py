@@ -147,7 +147,8 @@ class Confirmation:
                f"{self.compared} recipe{'s' * (self.compared != 1)})")
         if self.significant:
             return f"{winner.name}'s recipe beat the baseline beyond seed noise: {how}"
-        lead = "the baseline kept the best mean" if self.winner is self.baseline else f"best {winner.name}"
+        lead = (f"the baseline kept the best mean; best recipe {winner.name}" if self.winner is self.baseline
+                else f"best {winner.name}")
         return f"no recipe beat the baseline beyond seed noise: {lead}, {how}"
 
     def table(self) -> list[str]:

@@ -47,17 +47,27 @@ def seed_scores(options: Any, *, seeds: int, deadline: float | None,
 
 
 class RunPrinter:
-    """One line per seeded run as it ends."""
+    """One line per seeded run as it ends, naming its recipe (`names`: by values; else what it
+    changes from `baseline`)."""
 
-    def __init__(self, label: str, metric: str, names: dict[str, str]) -> None:
+    def __init__(self, label: str, metric: str, names: dict[str, str],
+                 baseline: dict[str, Value] | None = None) -> None:
         self.label, self.metric, self.names, self.done = label, metric, names, 0
+        self.baseline = baseline
+
+    def _name(self, values: dict[str, Value]) -> str:
+        from autotrick.ablate import trick_groups
+
+        if _key(values) in self.names or self.baseline is None:
+            return self.names.get(_key(values), "recipe")
+        return "+".join(g.name for g in trick_groups(values, self.baseline)) or BASELINE
 
     def __call__(self, values: dict[str, Value], seed: int, record: TrialRecord) -> None:
         self.done += 1
-        name = self.names.get(_key(values), "recipe")
+        name = self._name(values)
         value = f"{record.metric:.4f}" if record.metric is not None else "  -   "
         why = f" ({record.reason})" if record.reason else ""
-        click.echo(f"{self.label} {self.done:>3}  {name:<12} seed {seed:<3} {self.metric} {value}  "
+        click.echo(f"{self.label} {self.done:>3}  {name:<14} seed {seed:<3} {self.metric} {value}  "
                    f"{record.epochs:>3} ep  {record.outcome}{why}")
 
 
@@ -66,7 +76,7 @@ def _key(values: dict[str, Value]) -> str:
 
 
 def run_confirmation(options: Any, result: SearchResult, *, top: int, seeds: int,
-                     deadline: float | None) -> tuple[Confirmation | None, bool]:
+                     deadline: float | None) -> tuple[Confirmation | None, bool, SeedScores | None]:
     """Confirm the search's winner; returns the confirmation and whether every seeded run ended
     (False: cut off by the time budget or a signal; --resume re-runs only the missing ones)."""
     from autotrick.confirm import candidates
@@ -76,7 +86,7 @@ def run_confirmation(options: Any, result: SearchResult, *, top: int, seeds: int
         why = "the baseline has no result" if result.baseline is None else \
             "no recipe other than the baseline's trained its whole budget"
         click.echo(f"confirmation: nothing to confirm ({why})")
-        return None, True
+        return None, True, None
     names = {_key(result.baseline.values): BASELINE, **{_key(r.values): f"trial {r.number}" for r in chosen}}
     started = time.perf_counter()
     scores = seed_scores(options, seeds=seeds, deadline=deadline,
@@ -88,7 +98,7 @@ def run_confirmation(options: Any, result: SearchResult, *, top: int, seeds: int
     complete = scores.complete(recipes)
     if confirmation is not None:
         confirmation.seconds = time.perf_counter() - started
-    return confirmation, complete
+    return confirmation, complete, scores
 
 
 def confirmed_recipe(recipe: Recipe, confirmation: Confirmation, result: SearchResult) -> Recipe:

@@ -14,12 +14,14 @@ from typing import Any
 
 import click
 
+from autotrick.commands._ablate import ablate_after_search, log_to_mlflow
 from autotrick.commands._confirm import (
     UNCONFIRMED,
     check_confirm_options,
     confirmation_lines,
     confirmed_recipe,
     run_confirmation,
+    seed_scores,
 )
 from autotrick.commands._format import measurements_text, tricks_text
 from autotrick.commands._inputs import check_model_and_data, resolve_model_files
@@ -61,6 +63,7 @@ class SearchRequest:
     confirm_top: int | None = None  # recipes confirmed over seeds after the search (default 3)
     confirm_seeds: int | None = None  # default 5
     no_confirm: bool = False
+    ablate: bool = False  # ablate the confirmed winner trick by trick (autotrick.ablate)
 
 
 @dataclass(frozen=True)
@@ -284,6 +287,17 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
     resume_hint = f"resume with `autotrick search --name {info.name} --resume`"
     deadline = time.monotonic() + options.time_budget_s if options.time_budget_s else None
     confirmed: list[Any] = []  # the confirmation, once made; [None] when it was cut off
+    ablated: list[Any] = []    # (the ablation, the minimal recipe), once made
+
+    def _ablated(recipe: Recipe, result: SearchResult, scores: Any) -> Recipe:
+        seeds = request.confirm_seeds or 5
+        scores = scores or seed_scores(options, seeds=seeds, deadline=deadline)
+        made = ablate_after_search(options, recipe, result.baseline.values, scores,  # type: ignore[union-attr]
+                                   result.info.metric)
+        if made is None:
+            return recipe
+        ablated.append(made)
+        return Recipe(recipe.tricks, recipe.training, {**recipe.provenance, "ablation": made[0].to_dict()})
 
     def on_record(record: TrialRecord) -> None:
         progress(record)
@@ -293,8 +307,9 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
         """The confirmation over seeds (on the search's Ray), the recipe, and MLflow's last writes
         queued while Ray is still up (not waited for)."""
         recipe = Recipe.from_search(result, mlflow_run_id=tracker.parent_run_id)
+        scores = None
         if recipe is not None and not request.no_confirm:
-            confirmation, whole = run_confirmation(options, result, top=request.confirm_top or 3,
+            confirmation, whole, scores = run_confirmation(options, result, top=request.confirm_top or 3,
                                                    seeds=request.confirm_seeds or 5, deadline=deadline)
             if not whole:  # cut off: the search's trials are kept, --resume confirms what is missing
                 confirmed.append(None)
@@ -304,6 +319,8 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
                 result.confirmed = confirmation.to_dict()
                 result.timings["confirm_s"] = confirmation.seconds
                 recipe = confirmed_recipe(recipe, confirmation, result)
+        if recipe is not None and request.ablate and result.baseline is not None:
+            recipe = _ablated(recipe, result, scores)
         if recipe is not None:
             recipe.write(output)
         chosen = next((r for r in result.records if recipe and r.number == recipe.provenance.get("trial")), None)
@@ -339,6 +356,8 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
     result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time
     result.timings["logging_cpu_s"] = tracker.logging_seconds
     click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id, request.tracking_uri))
+    if ablated:
+        log_to_mlflow(*ablated[0], tracker.parent_run_id, request.tracking_uri)
     if confirmed and confirmed[0] is not None:
         click.echo("\n".join(confirmation_lines(confirmed[0])))
     if result.interrupted:
