@@ -196,6 +196,13 @@ def spaces() -> None:
 @click.option("--confirm-seeds", default=None, type=int, metavar="S",
               help="seeds per recipe in the confirmation, paired across recipes (default 5, at least 2)")
 @click.option("--no-confirm", is_flag=True, help="name the winner from one seed per trial, without confirmation")
+@click.option("--warm-start", multiple=True, metavar="X",
+              help="start from X (repeatable): a recipe (file, runs:/, models:/), run right after the baseline, or "
+                   "an earlier search's name, whose finished trials are told to the sampler")
+@click.option("--patience", default=None, type=int, metavar="N",
+              help="stop when N trials in a row have not beaten the best by more than --min-gain")
+@click.option("--min-gain", default=None, type=float,
+              help="the gain --patience counts (default: the validation accuracy's sampling noise at the best value)")
 @click.option("--ablate", is_flag=True,
               help="then ablate the winner trick by trick over the same seeds (see `autotrick ablate`)")
 @click.option("--verbose", "-v", is_flag=True,
@@ -205,6 +212,7 @@ def search(**options: Any) -> None:
     """Search which tricks pay off: Ray Tune runs the trials, Optuna samples them, ASHA stops poor ones."""
     from autotrick.commands import SearchRequest, run_search_command
 
+    options["warm_start"] = options["warm_start"] or None  # not given: a resumed search keeps its own
     sys.exit(run_search_command(SearchRequest(**options)))
 
 

@@ -79,6 +79,7 @@ from autotrick.study import (
 from autotrick.system_metrics import PREFIX as SYSTEM_PREFIX
 from autotrick.trainer import EpochReport, TrainConfig
 from autotrick.tricks import TRICKS
+from autotrick.warmstart import NO_WARM_START, WarmStart, enqueue_recipes, tell_earlier, warm_domains, warm_values
 
 # No per-trial result files are kept, so the ResultGrid that fit() builds cannot read metrics back
 # and would warn about every trial; autotrick reads the outcome from the Optuna study instead.
@@ -107,6 +108,9 @@ class SearchOptions:
     verbose: bool = False
     save_models: bool = False          # keep each trial's weights so the best can be registered
     data_plan: str = ""                # how the data reaches the trials, as the header says it
+    warm_start: WarmStart = NO_WARM_START  # recipes tried after the baseline, earlier searches told to the study
+    patience: int | None = None        # stop after this many ended trials without a gain > min_gain
+    min_gain: float | None = None      # None: the validation accuracy's sampling noise (see _Patience)
 
     @property
     def threads_per_trial(self) -> int:
@@ -213,6 +217,8 @@ class _DefineByRun:
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         is_baseline = bool(trial.user_attrs.get(BASELINE_KEY))
         domains = self.space.baseline_domains(self.baseline) if is_baseline else self.space.domains
+        if (warm := warm_values(trial)) is not None:  # a prior or --warm-start recipe: its exact values
+            domains = warm_domains(self.space.domains, warm)
         return {**suggest_values(TRICKS, domains, trial), TRIAL_KEY: trial.number, BASELINE_KEY: is_baseline}
 
     def baseline_params(self) -> dict[str, Value]:
@@ -255,7 +261,7 @@ class _TrickSearcher(Searcher):
     here goes through Optuna's and Ray's public interfaces."""
 
     def __init__(self, space: SearchSpace, *, study_name: str, storage: optuna.storages.BaseStorage,
-                 seed: int, scheduler: _ASHA) -> None:
+                 seed: int, scheduler: _ASHA, warm_start: WarmStart = NO_WARM_START) -> None:
         super().__init__(metric=space.budget.metric, mode=space.budget.mode)
         self._define = _DefineByRun(space)
         self._scheduler = scheduler
@@ -272,6 +278,8 @@ class _TrickSearcher(Searcher):
         self.finished: dict[str, TrialRecord] = {}  # for the progress callback, which runs after
         if existing == 0:
             self.study.enqueue_trial(self._define.baseline_params(), user_attrs={BASELINE_KEY: True})
+            enqueue_recipes(self.study, space.domains, space.priors + warm_start.recipes)
+            tell_earlier(self.study, space.domains, warm_start.searches)
         else:
             requeue_interrupted(self.study)
 
@@ -482,17 +490,19 @@ def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[Tr
         scheduler = _ASHA(time_attr="training_iteration", max_t=budget.max_epochs,
                           grace_period=budget.grace_epochs, reduction_factor=4)
         searcher = _TrickSearcher(options.space, study_name=options.name, storage=storage,
-                                  seed=options.train.seed, scheduler=scheduler)
+                                  seed=options.train.seed, scheduler=scheduler, warm_start=options.warm_start)
         remaining = budget.trials - len(records_from_study(searcher.study))
-        if remaining > 0:
+        patience = _Patience.of(options, records_from_study(searcher.study))
+        if remaining > 0 and not (patience and patience.stopped):
             fit_started = time.perf_counter()
-            at_once = _fit(options, searcher, scheduler, remaining, on_record)
+            at_once = _fit(options, searcher, scheduler, remaining, on_record, patience)
             timings["trials_s"] = time.perf_counter() - fit_started
             timings["trials_at_once"] = at_once
         records = records_from_study(searcher.study)
         timings.update(_trial_time(records, _concurrency(options), timings.get("trials_s", 0.0)))
-        result = SearchResult(info=info, records=records, interrupted=len(records) < budget.trials,
-                              study=searcher.study, timings=timings)
+        stopped = patience.reason() if patience and patience.stopped else ""
+        result = SearchResult(info=info, records=records, interrupted=len(records) < budget.trials and not stopped,
+                              study=searcher.study, timings=timings, stop_reason=stopped)
         if before_shutdown is not None:
             before_shutdown(result)
     finally:
@@ -537,13 +547,65 @@ def _check_gpus(options: SearchOptions) -> None:
             raise ConfigError(f"--gpus-per-trial {options.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs")
 
 
+class _Patience(tune.Stopper):
+    """--patience N: the search stops once N ended trials in a row have not beaten the best by more
+    than min_gain. Without --min-gain, for accuracy, the margin is the validation set's sampling
+    noise at the best value, sqrt(p (1 - p) / n): a gain below it is a few images (no seeds are
+    measured during the search; confirmation measures them after)."""
+
+    def __init__(self, patience: int, min_gain: float | None, mode: str, val_count: int) -> None:
+        self.patience, self.min_gain, self.val_count = patience, min_gain, val_count
+        self.sign = 1 if mode == "max" else -1
+        self.best: float | None = None
+        self.since = 0
+        self.stopped = False
+
+    @classmethod
+    def of(cls, options: SearchOptions, earlier: list[TrialRecord]) -> _Patience | None:
+        if not options.patience:
+            return None
+        from autotrick.data import describe_data
+
+        size = describe_data(options.train.data, options.train.data_dir)
+        patience = cls(options.patience, options.min_gain, options.space.budget.mode, size.val_count)
+        for record in sorted(earlier, key=lambda r: r.number):
+            patience.record(record)
+        return patience
+
+    def margin(self) -> float:
+        if self.min_gain is not None:
+            return self.min_gain
+        if self.best is None or self.sign < 0 or not self.val_count:
+            return 0.0
+        return math.sqrt(max(self.best * (1 - self.best), 0.0) / self.val_count)
+
+    def record(self, record: TrialRecord) -> None:
+        value = self.sign * record.metric if record.successful and record.metric is not None else None
+        if value is not None and (self.best is None or value > self.sign * self.best + self.margin()):
+            self.best, self.since = record.metric, 0
+        else:
+            self.since += 1
+        self.stopped = self.since >= self.patience
+
+    def reason(self) -> str:
+        how = f"--min-gain {self.min_gain:g}" if self.min_gain is not None else \
+            f"{self.margin():.4f}, the validation set's sampling noise at the best value"
+        return f"{self.since} trials in a row did not beat the best by more than {how} (--patience {self.patience})"
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.stopped
+
+
 def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, trials: int,
-         on_record: Callable[[TrialRecord], None]) -> int:
+         on_record: Callable[[TrialRecord], None], patience: _Patience | None = None) -> int:
     """Run the trials; returns the most that ran at once."""
     _tune_output(options.verbose)
     gpus = options.gpus_per_trial or 0.0
     train = replace(options.train, epochs=options.space.budget.max_epochs, threads=options.threads_per_trial)
-    progress = _Progress(searcher, on_record)
+    progress = _Progress(searcher, on_record if patience is None else lambda r: (patience.record(r), on_record(r)))
     trainable = tune.with_parameters(run_one_trial, train=train, metric=options.space.budget.metric,
                                      state_dir=str(options.state_dir.resolve()) if options.save_models else None)
     tuner = tune.Tuner(
@@ -554,7 +616,7 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
             reuse_actors=True, time_budget_s=options.time_budget_s),
         run_config=tune.RunConfig(
             name=f"session-{int(time.time())}", storage_path=str((options.state_dir / "ray").resolve()),
-            verbose=2 if options.verbose else 0, log_to_file=False,
+            verbose=2 if options.verbose else 0, log_to_file=False, stop=patience,
             callbacks=[progress],
             failure_config=tune.FailureConfig(max_failures=0)),
     )

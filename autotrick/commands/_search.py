@@ -64,6 +64,9 @@ class SearchRequest:
     confirm_seeds: int | None = None  # default 5
     no_confirm: bool = False
     ablate: bool = False  # ablate the confirmed winner trick by trick (autotrick.ablate)
+    warm_start: tuple[str, ...] | None = None  # recipes (file, runs:/, models:/) or earlier searches' names
+    patience: int | None = None  # stop after this many trials in a row without a gain
+    min_gain: float | None = None  # the gain that counts for --patience (default: the metric's sampling noise)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,10 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     data_dir = str(Path(request.data_dir).resolve()) if request.data_dir else None
     data_mode = check_data_mode(request.data_mode or "auto")
     check_confirm_options(request.confirm_top, request.confirm_seeds)
+    if request.patience is not None and request.patience < 1:
+        raise ConfigError(f"--patience {request.patience}: must be at least 1 (trials in a row without a gain)")
+    if request.min_gain is not None and not 0 <= request.min_gain < math.inf:
+        raise ConfigError(f"--min-gain {request.min_gain}: must be a number >= 0")
     gpus = gpus_per_trial(request.gpus_per_trial, address=request.address)
     size = check_model_and_data(model, data, data_dir)
     cpus = request.cpus_per_trial or 1.0
@@ -124,6 +131,10 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
         check_address(request.address)
     tracking_uri = resolve_tracking_uri(request.tracking_uri)  # the flag, MLFLOW_TRACKING_URI, or mlflow.db
     check_store(tracking_uri)
+    from autotrick.state import STATE_ROOT
+    from autotrick.warmstart import resolve_warm_starts
+
+    warm = resolve_warm_starts(tuple(request.warm_start or ()), tracking_uri=tracking_uri, state_root=STATE_ROOT)
     seed = request.seed or 0
     # Each trial process holds its own copy of in-memory data: the budget is split between them
     # (a cluster's GPUs are counted once connected: here only its CPUs limit the count).
@@ -147,7 +158,8 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                             concurrency=request.concurrency, address=request.address,
                             num_cpus=request.num_cpus, time_budget_s=request.time_budget,
                             resume=request.resume, verbose=request.verbose,
-                            save_models=request.register is not None)
+                            save_models=request.register is not None, warm_start=warm,
+                            patience=request.patience, min_gain=request.min_gain)
     effective = replace(request, space=str(space_file), model=model, data=data, data_dir=data_dir,
                         trials=space.budget.trials, max_epochs=max_epochs, cpus_per_trial=cpus,
                         seed=seed, output=str(output), tracking_uri=tracking_uri,
@@ -374,6 +386,8 @@ def _summary(result: SearchResult, output: Path | None, parent_run_id: str | Non
              f"{result.timings.get('total_s', 0):.1f}s",
              "time: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" if k.endswith("_s") else f"{k} {v:.2f}"
                                   for k, v in result.timings.items())]
+    if result.stop_reason:
+        lines.append(f"stopped early after {len(result.records)} of {result.info.trials} trials: {result.stop_reason}")
     best, baseline, metric = result.best, result.baseline, result.info.metric
     if best is None or best.metric is None:
         lines.append("no trial succeeded: no recipe written")

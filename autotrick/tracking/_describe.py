@@ -197,4 +197,6 @@ def _why_stopped(result: SearchResult) -> str:
     if result.interrupted:
         return (f"interrupted after {len(result.records)} of {result.info.trials} trials (resume it with "
                 f"`autotrick search --name {result.info.name} --resume`)")
+    if result.stop_reason:
+        return f"it stopped early after {len(result.records)} trials: {result.stop_reason}"
     return f"all {result.info.trials} trials ran"
