@@ -605,7 +605,7 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     _tune_output(options.verbose)
     gpus = options.gpus_per_trial or 0.0
     train = replace(options.train, epochs=options.space.budget.max_epochs, threads=options.threads_per_trial)
-    progress = _Progress(searcher, on_record if patience is None else lambda r: (patience.record(r), on_record(r)))
+    progress = _Progress(searcher, on_record if patience is None else partial(_both, patience.record, on_record))
     trainable = tune.with_parameters(run_one_trial, train=train, metric=options.space.budget.metric,
                                      state_dir=str(options.state_dir.resolve()) if options.save_models else None)
     tuner = tune.Tuner(
@@ -622,6 +622,11 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     )
     _fit_keeping_sigint(tuner)
     return progress.most_at_once
+
+
+def _both(first: Callable[[TrialRecord], None], second: Callable[[TrialRecord], None], record: TrialRecord) -> None:
+    first(record)
+    second(record)
 
 
 def _tune_output(verbose: bool) -> None:
@@ -732,7 +737,7 @@ class _SeededProgress(tune.Callback):
         finite = isinstance(value, int | float) and math.isfinite(value)
         reason, traceback_text = _worker_error(trial) if error else (str(result.get("reason", "")), "")
         record = TrialRecord(number=index, values=self.runs[index].values, outcome=outcome,
-                             metric=float(value) if finite and outcome is not Outcome.FAILED else None,
+                             metric=float(value) if finite and outcome is not Outcome.FAILED else None,  # type: ignore[arg-type]
                              epochs=int(result.get("epoch", 0) or 0), reason=reason, error=traceback_text)
         self.on_record(self.runs[index], record)
 

@@ -84,7 +84,8 @@ class _Recorder:
     """A trial that records the distribution a domain asks for, and answers with a given value."""
 
     def __init__(self, value: Any) -> None:
-        self.value, self.distribution = value, None
+        self.value = value
+        self.distribution: optuna.distributions.BaseDistribution | None = None
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
         self.distribution = optuna.distributions.CategoricalDistribution(list(choices))
@@ -112,7 +113,8 @@ def tell_earlier(study: optuna.Study, space_domains: Mapping[str, Domain],
         if earlier.direction != study.direction:
             continue
         for trial in earlier.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            params, distributions = {}, {}
+            params: dict[str, Any] = {}
+            distributions: dict[str, optuna.distributions.BaseDistribution] = {}
             for key, value in trial.params.items():
                 domain = space_domains.get(key)
                 if domain is None or isinstance(domain, Fixed) or not domain.contains(value):

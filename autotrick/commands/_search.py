@@ -299,7 +299,7 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
     resume_hint = f"resume with `autotrick search --name {info.name} --resume`"
     deadline = time.monotonic() + options.time_budget_s if options.time_budget_s else None
     confirmed: list[Any] = []  # the confirmation, once made; [None] when it was cut off
-    ablated: list[Any] = []    # (the ablation, the minimal recipe), once made
+    ablated: list[tuple[Any, Recipe]] = []    # (the ablation, the minimal recipe), once made
 
     def _ablated(recipe: Recipe, result: SearchResult, scores: Any) -> Recipe:
         seeds = request.confirm_seeds or 5
@@ -358,10 +358,10 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
         tracker.close()
         raise
     if confirmed == [None]:
-        done = f"{len(result.records)} trials finished; the confirmation was cut off"
-        tracker.search_ended_early("KILLED", done)
+        cut = f"{len(result.records)} trials finished; the confirmation was cut off"
+        tracker.search_ended_early("KILLED", cut)
         tracker.close()
-        click.echo(f"{done}: {resume_hint} to confirm the missing seeds", err=True)
+        click.echo(f"{cut}: {resume_hint} to confirm the missing seeds", err=True)
         return signals.exit_code
     waited = time.perf_counter()
     tracker.close()
@@ -369,7 +369,7 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
     result.timings["logging_cpu_s"] = tracker.logging_seconds
     click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id, request.tracking_uri))
     if ablated:
-        log_to_mlflow(*ablated[0], tracker.parent_run_id, request.tracking_uri)
+        log_to_mlflow(ablated[0][0], ablated[0][1], tracker.parent_run_id, request.tracking_uri)
     if confirmed and confirmed[0] is not None:
         click.echo("\n".join(confirmation_lines(confirmed[0])))
     if result.interrupted:
