@@ -153,12 +153,12 @@ class Confirmation:
 
     def table(self) -> list[str]:
         """One line per recipe: mean ± interval, sd, and the paired gain over the baseline."""
-        lines = [f"{'':<12} {self.metric + ' mean ± 95%':<24} {'sd':>7}   {'vs baseline ± 95%':<22} p (Holm)"]
+        lines = [f"  {'':<12} {self.metric + ' mean ± 95%':<24} {'sd':>7}   {'vs baseline ± 95%':<22} p (Holm)"]
         for row in self.rows:
             mark = " ★" if row is self.winner else ""
             gain = f"{_signed(row.gain)} ± {_half(row)}" if row.gain is not None else "-"
             p = p_text(row.p_adjusted) if row.p_adjusted is not None else "-"
-            lines.append(f"{row.name + mark:<12} {row.mean:.4f} ± {(row.high - row.low) / 2:.4f}{'':<8} "
+            lines.append(f"  {row.name + mark:<12} {row.mean:.4f} ± {(row.high - row.low) / 2:.4f}{'':<8} "
                          f"{row.sd:>7.4f}   {gain:<22} {p}")
         return lines
 
