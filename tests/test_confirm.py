@@ -71,6 +71,10 @@ def test_a_confirmed_recipe_holds_paired_values_per_candidate_and_mlflow_leads_w
     assert parent.data.metrics["confirmed_significant"] == float(confirmed["significant"])
     aliases = client.get_registered_model("digits-small").aliases
     assert list(aliases) == (["champion"] if confirmed["significant"] else ["unconfirmed"])
+    shown = subprocess.run([sys.executable, "-m", "autotrick", "show", "conf.recipe.yaml"], cwd=workdir,
+                           capture_output=True, text=True, timeout=120).stdout
+    head = "CONFIRMED: " if confirmed["significant"] else "NOT CONFIRMED: "
+    assert f"{head}{confirmed['verdict']}" in shown.splitlines() and "confirmed over 3 paired seeds" in shown
 
 
 def test_bad_confirmation_options_are_one_line_and_exit_2(workdir: Path) -> None:
