@@ -102,7 +102,8 @@ class Change:
         return self.p_adjusted < ALPHA and (self.low > 0 or self.high < 0)
 
     def text(self) -> str:
-        return f"{self.mean:+.4f} ± {(self.high - self.low) / 2:.4f}"
+        mean = self.mean if abs(self.mean) >= 5e-5 else 0.0  # no "-0.0000"
+        return f"{mean:+.4f} ± {(self.high - self.low) / 2:.4f}"
 
 
 @dataclass

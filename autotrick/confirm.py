@@ -178,7 +178,9 @@ class Confirmation:
 
 
 def _signed(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.4f}"
+    if value is None:
+        return "-"
+    return f"{value if abs(value) >= 5e-5 else 0.0:+.4f}"  # no "-0.0000" for a difference of 1e-17
 
 
 def _half(row: Compared) -> str:
