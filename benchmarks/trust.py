@@ -97,8 +97,9 @@ def _command(args: list[str]) -> dict[str, object]:
             with contextlib.suppress(ValueError):
                 timings[key] = float(value.removesuffix("s"))
     verdict = next((line for line in reversed(done.stdout.splitlines()) if "beyond seed noise" in line), "")
+    ablating = re.search(r"^ablating (\d+) trick", done.stdout, re.MULTILINE)
     return {"args": args, "exit": done.returncode, "wall_s": round(wall, 1), "timings": timings, "verdict": verdict,
-            "ablated": "ablation written to" in done.stdout}
+            "ablated": "ablation written to" in done.stdout, "tricks_ablated": int(ablating[1]) if ablating else 0}
 
 
 def cost() -> dict[str, object]:
