@@ -65,6 +65,7 @@ from ray.tune.search import Searcher
 from autotrick.device import trials_at_once
 from autotrick.errors import ConfigError, first_line
 from autotrick.params import Fixed, Value, suggest_values
+from autotrick.patience import Patience
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
 from autotrick.space import SearchSpace, baseline_values
 from autotrick.study import (
@@ -110,7 +111,7 @@ class SearchOptions:
     data_plan: str = ""                # how the data reaches the trials, as the header says it
     warm_start: WarmStart = NO_WARM_START  # recipes tried after the baseline, earlier searches told to the study
     patience: int | None = None        # stop after this many ended trials without a gain > min_gain
-    min_gain: float | None = None      # None: the validation accuracy's sampling noise (see _Patience)
+    min_gain: float | None = None      # None: the validation accuracy's sampling noise (autotrick.patience)
 
     @property
     def threads_per_trial(self) -> int:
@@ -492,7 +493,7 @@ def run_search(options: SearchOptions, info: SearchInfo, on_record: Callable[[Tr
         searcher = _TrickSearcher(options.space, study_name=options.name, storage=storage,
                                   seed=options.train.seed, scheduler=scheduler, warm_start=options.warm_start)
         remaining = budget.trials - len(records_from_study(searcher.study))
-        patience = _Patience.of(options, records_from_study(searcher.study))
+        patience = _patience(options, records_from_study(searcher.study))
         if remaining > 0 and not (patience and patience.stopped):
             fit_started = time.perf_counter()
             at_once = _fit(options, searcher, scheduler, remaining, on_record, patience)
@@ -547,60 +548,21 @@ def _check_gpus(options: SearchOptions) -> None:
             raise ConfigError(f"--gpus-per-trial {options.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs")
 
 
-class _Patience(tune.Stopper):
-    """--patience N: the search stops once N ended trials in a row have not beaten the best by more
-    than min_gain. Without --min-gain, for accuracy, the margin is the validation set's sampling
-    noise at the best value, sqrt(p (1 - p) / n): a gain below it is a few images (no seeds are
-    measured during the search; confirmation measures them after)."""
+class _PatienceStopper(tune.Stopper):
+    """Tune's side of --patience (autotrick.patience): stop the whole search once it says so."""
 
-    def __init__(self, patience: int, min_gain: float | None, mode: str, val_count: int) -> None:
-        self.patience, self.min_gain, self.val_count = patience, min_gain, val_count
-        self.sign = 1 if mode == "max" else -1
-        self.best: float | None = None
-        self.since = 0
-        self.stopped = False
-
-    @classmethod
-    def of(cls, options: SearchOptions, earlier: list[TrialRecord]) -> _Patience | None:
-        if not options.patience:
-            return None
-        from autotrick.data import describe_data
-
-        size = describe_data(options.train.data, options.train.data_dir)
-        patience = cls(options.patience, options.min_gain, options.space.budget.mode, size.val_count)
-        for record in sorted(earlier, key=lambda r: r.number):
-            patience.record(record)
-        return patience
-
-    def margin(self) -> float:
-        if self.min_gain is not None:
-            return self.min_gain
-        if self.best is None or self.sign < 0 or not self.val_count:
-            return 0.0
-        return math.sqrt(max(self.best * (1 - self.best), 0.0) / self.val_count)
-
-    def record(self, record: TrialRecord) -> None:
-        value = self.sign * record.metric if record.successful and record.metric is not None else None
-        if value is not None and (self.best is None or value > self.sign * self.best + self.margin()):
-            self.best, self.since = record.metric, 0
-        else:
-            self.since += 1
-        self.stopped = self.since >= self.patience
-
-    def reason(self) -> str:
-        how = f"--min-gain {self.min_gain:g}" if self.min_gain is not None else \
-            f"{self.margin():.4f}, the validation set's sampling noise at the best value"
-        return f"{self.since} trials in a row did not beat the best by more than {how} (--patience {self.patience})"
+    def __init__(self, patience: Patience) -> None:
+        self.patience = patience
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return self.stopped
+        return self.patience.stopped
 
 
 def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, trials: int,
-         on_record: Callable[[TrialRecord], None], patience: _Patience | None = None) -> int:
+         on_record: Callable[[TrialRecord], None], patience: Patience | None = None) -> int:
     """Run the trials; returns the most that ran at once."""
     _tune_output(options.verbose)
     gpus = options.gpus_per_trial or 0.0
@@ -616,12 +578,23 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
             reuse_actors=True, time_budget_s=options.time_budget_s),
         run_config=tune.RunConfig(
             name=f"session-{int(time.time())}", storage_path=str((options.state_dir / "ray").resolve()),
-            verbose=2 if options.verbose else 0, log_to_file=False, stop=patience,
+            verbose=2 if options.verbose else 0, log_to_file=False,
+            stop=_PatienceStopper(patience) if patience else None,
             callbacks=[progress],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
     _fit_keeping_sigint(tuner)
     return progress.most_at_once
+
+
+def _patience(options: SearchOptions, earlier: list[TrialRecord]) -> Patience | None:
+    if not options.patience:
+        return None
+    from autotrick.data import describe_data
+
+    size = describe_data(options.train.data, options.train.data_dir)
+    return Patience.after(earlier, patience=options.patience, min_gain=options.min_gain,
+                          mode=options.space.budget.mode, val_count=size.val_count)
 
 
 def _both(first: Callable[[TrialRecord], None], second: Callable[[TrialRecord], None], record: TrialRecord) -> None:
