@@ -203,6 +203,20 @@ def spaces() -> None:
 @click.option("--objectives", default=None, metavar="A,B,...",
               help="search several objectives: the first (val_accuracy or val_loss) and any of latency_ms, params, "
                    "size_mb, flops, train_seconds, int8_accuracy; prints and records the Pareto front")
+@click.option("--confirm-top", default=None, type=int, metavar="K",
+              help="after the search, re-train the K best distinct recipes and the baseline over seeds (default 3)")
+@click.option("--confirm-seeds", default=None, type=int, metavar="S",
+              help="seeds per recipe in the confirmation, paired across recipes (default 5, at least 2)")
+@click.option("--no-confirm", is_flag=True, help="name the winner from one seed per trial, without confirmation")
+@click.option("--warm-start", multiple=True, metavar="X",
+              help="start from X (repeatable): a recipe (file, runs:/, models:/), run right after the baseline, or "
+                   "an earlier search's name, whose finished trials are told to the sampler")
+@click.option("--patience", default=None, type=int, metavar="N",
+              help="stop when N trials in a row have not beaten the best by more than --min-gain")
+@click.option("--min-gain", default=None, type=float,
+              help="the gain --patience counts (default: the validation accuracy's sampling noise at the best value)")
+@click.option("--ablate", is_flag=True,
+              help="then ablate the winner trick by trick over the same seeds (see `autotrick ablate`)")
 @click.option("--verbose", "-v", is_flag=True, callback=_note_verbose,
               help="show Ray's own tables and logs, failed trials' tracebacks, and your own code's traceback "
                    "when it raises")
@@ -210,6 +224,7 @@ def search(**options: Any) -> None:
     """Search which tricks pay off: Ray Tune runs the trials, Optuna samples them, ASHA stops poor ones."""
     from autotrick.commands import SearchRequest, run_search_command
 
+    options["warm_start"] = options["warm_start"] or None  # not given: a resumed search keeps its own
     sys.exit(run_search_command(SearchRequest(**options)))
 
 
@@ -246,6 +261,23 @@ def export(search_name: str | None, run_id: str | None, output: str | None, onnx
     if output is None:
         raise ConfigError("export: give --output FILE.yaml for the recipe, or --onnx FILE.onnx for the model")
     export_recipe(search_name=search_name, run_id=run_id, output=output, tracking_uri=tracking_uri)
+
+
+@cli.command()
+@click.argument("recipe")
+@click.option("--seeds", default=None, type=int, help="seeds per configuration, paired (default 5, at least 2)")
+@click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
+@click.option("--address", default=None, help="an existing Ray cluster (default: start a local Ray)")
+@_tracking_uri_option
+@click.option("--verbose", "-v", is_flag=True, help="show Ray's own tables and logs")
+def ablate(recipe: str, seeds: int | None, num_cpus: int | None, address: str | None, tracking_uri: str | None,
+           verbose: bool) -> None:
+    """Which of a recipe's tricks did the work: each removed from it and added alone to the baseline,
+    over paired seeds, and the greedy path from the baseline to the recipe; writes the minimal recipe."""
+    from autotrick.commands._ablate import ablate_recipe
+
+    ablate_recipe(recipe, seeds=seeds, tracking_uri=tracking_uri, num_cpus=num_cpus, address=address,
+                  verbose=verbose)
 
 
 @cli.command()

@@ -80,7 +80,7 @@ class Recipe:
             nested.setdefault(trick, {})[param] = value
         document = {"autotrick_recipe": SCHEMA_VERSION, "tricks": nested, "training": self.training,
                     "provenance": self.provenance}
-        return yaml.safe_dump(document, sort_keys=False)
+        return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)  # ± in a verdict
 
     def write(self, path: str | Path) -> Path:
         """Write the YAML to `path` atomically: a kill leaves the old file or the new one."""

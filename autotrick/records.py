@@ -142,6 +142,8 @@ class SearchResult:
     interrupted: bool
     study: optuna.Study | None = None    # for Optuna's importance evaluator; None outside a search
     timings: dict[str, float] = field(default_factory=dict)
+    confirmed: dict[str, Any] | None = None  # the confirmation over seeds (autotrick.confirm), when made
+    stop_reason: str = ""  # why the search stopped before its trial budget, when it was not interrupted
 
     @property
     def best(self) -> TrialRecord | None:

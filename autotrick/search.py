@@ -26,8 +26,8 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +63,7 @@ from autotrick.data.size import DataSize
 from autotrick.device import trials_at_once
 from autotrick.errors import ConfigError, first_line
 from autotrick.params import Value
+from autotrick.patience import Patience
 from autotrick.records import Outcome, SearchResult, TrialRecord
 from autotrick.search_options import SearchOptions
 from autotrick.space import SearchSpace
@@ -81,6 +82,7 @@ from autotrick.study import (
 )
 from autotrick.system_metrics import PREFIX as SYSTEM_PREFIX
 from autotrick.trainer import EpochReport, TrainConfig
+from autotrick.warmstart import NO_WARM_START, WarmStart, enqueue_recipes, tell_earlier
 
 # No per-trial result files are kept, so the ResultGrid that fit() builds cannot read metrics back
 # and would warn about every trial; autotrick reads the outcome from the Optuna study instead.
@@ -88,6 +90,7 @@ logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERRO
 
 EPOCH_METRICS = tuple(k for k in EpochReport.__dataclass_fields__ if k != "outcome")
 _PRELOAD_ENV = "AUTOTRICK_PRELOAD"   # "data|data_dir" for the worker setup hook
+SEED_KEY = "autotrick.seed"       # a seeded re-run's own seed (confirmation, ablation)
 
 
 def saved_model_path(state_dir: Path, number: int) -> Path:
@@ -119,6 +122,8 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
     from autotrick.trainer import run_trial
 
     values = _trick_values(config)
+    if SEED_KEY in config:  # a seeded re-run (confirmation, ablation): its own seed, paired across recipes
+        train = replace(train, seed=int(config[SEED_KEY]))
     worst = 0.0 if metric == "val_accuracy" else 1e9
     gpus = ray.get_gpu_ids() if train.device == "cuda" else []
     system = SystemSampler(int(gpus[0]) if gpus and str(gpus[0]).isdigit() else None)
@@ -209,7 +214,8 @@ class _TrickSearcher(Searcher):
     here goes through Optuna's and Ray's public interfaces."""
 
     def __init__(self, space: SearchSpace, *, study_name: str, storage: optuna.storages.BaseStorage,
-                 seed: int, scheduler: _ASHA, objectives: tuple[str, ...] = ()) -> None:
+                 seed: int, scheduler: _ASHA, objectives: tuple[str, ...] = (),
+                 warm_start: WarmStart = NO_WARM_START) -> None:
         super().__init__(metric=space.budget.metric, mode=space.budget.mode)
         self._define = DefineByRun(space)
         self._scheduler = scheduler
@@ -229,6 +235,8 @@ class _TrickSearcher(Searcher):
         self.finished: dict[str, TrialRecord] = {}  # for the progress callback, which runs after
         if existing == 0:
             self.study.enqueue_trial(self._define.baseline_params(), user_attrs={BASELINE_KEY: True})
+            enqueue_recipes(self.study, space.domains, space.priors + warm_start.recipes)
+            tell_earlier(self.study, space.domains, warm_start.searches, open_storage=open_journal)
         else:
             requeue_interrupted(self.study)
 
@@ -286,7 +294,7 @@ class _TrickSearcher(Searcher):
 
 
 def _trick_values(config: dict[str, Any]) -> dict[str, Value]:
-    return {k: v for k, v in config.items() if k not in (TRIAL_KEY, BASELINE_KEY)}
+    return {k: v for k, v in config.items() if k not in (TRIAL_KEY, BASELINE_KEY, SEED_KEY)}
 
 
 class _Progress(tune.Callback):
@@ -411,17 +419,20 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
         scheduler = _ASHA(time_attr="training_iteration", max_t=budget.max_epochs,
                           grace_period=budget.grace_epochs, reduction_factor=4)
         searcher = _TrickSearcher(options.space, study_name=options.name, storage=storage,
-                                  seed=options.train.seed, scheduler=scheduler, objectives=options.objectives)
+                                  seed=options.train.seed, scheduler=scheduler, objectives=options.objectives,
+                                  warm_start=options.warm_start)
         remaining = budget.trials - len(records_from_study(searcher.study))
-        if remaining > 0:
+        patience = _patience(options, records_from_study(searcher.study))
+        if remaining > 0 and not (patience and patience.stopped):
             fit_started = time.perf_counter()
-            at_once = _fit(options, searcher, scheduler, remaining, on_record)
+            at_once = _fit(options, searcher, scheduler, remaining, on_record, patience)
             timings["trials_s"] = time.perf_counter() - fit_started
             timings["trials_at_once"] = at_once
         records = records_from_study(searcher.study)
         timings.update(_trial_time(records, _concurrency(options), timings.get("trials_s", 0.0)))
-        result = SearchResult(info=options.info(), records=records, interrupted=len(records) < budget.trials,
-                              study=searcher.study, timings=timings)
+        stopped = patience.reason() if patience and patience.stopped else ""
+        result = SearchResult(info=options.info(), records=records, study=searcher.study, timings=timings,
+                              interrupted=len(records) < budget.trials and not stopped, stop_reason=stopped)
         if before_shutdown is not None:
             before_shutdown(result)
     finally:
@@ -464,21 +475,26 @@ def _check_gpus(options: SearchOptions) -> None:
             raise ConfigError(f"--gpus-per-trial {options.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs")
 
 
+class _PatienceStopper(tune.Stopper):
+    """Tune's side of --patience (autotrick.patience): stop the whole search once it says so."""
+
+    def __init__(self, patience: Patience) -> None:
+        self.patience = patience
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.patience.stopped
+
+
 def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, trials: int,
-         on_record: Callable[[TrialRecord], None]) -> int:
+         on_record: Callable[[TrialRecord], None], patience: Patience | None = None) -> int:
     """Run the trials; returns the most that ran at once."""
-    # Ray's own progress tables only with --verbose: its legacy reporter at verbose=0 prints nothing.
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if options.verbose else "0"
-    # A failed trial is one line of ours (its error goes to its MLflow run): Ray's tracebacks of it,
-    # and its closing "Trials did not complete" list, only with --verbose.
-    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "1" if options.verbose else "0"
-    # Neither, nor a failure to save Ray's experiment state (a full disk), which autotrick does not
-    # resume from (its Optuna journal is what it resumes).
-    for name in ("ray.tune.tune", "ray.tune.execution.experiment_state"):
-        logging.getLogger(name).setLevel(logging.NOTSET if options.verbose else logging.CRITICAL)
+    _tune_output(options.verbose)
     gpus = options.gpus_per_trial or 0.0
     train = replace(options.train, epochs=options.space.budget.max_epochs, threads=options.threads_per_trial)
-    progress = _Progress(searcher, on_record)
+    progress = _Progress(searcher, on_record if patience is None else partial(_both, patience.record, on_record))
     trainable = tune.with_parameters(run_one_trial, train=train, metric=options.space.budget.metric,
                                      state_dir=str(options.state_dir.resolve()) if options.save_models else None,
                                      size=options.data_size, objectives=options.objectives)
@@ -491,9 +507,39 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
         run_config=tune.RunConfig(
             name=f"session-{int(time.time())}", storage_path=str((options.state_dir / "ray").resolve()),
             verbose=2 if options.verbose else 0, log_to_file=False,
+            stop=_PatienceStopper(patience) if patience else None,
             callbacks=[progress],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
+    _fit_keeping_sigint(tuner)
+    return progress.most_at_once
+
+
+def _patience(options: SearchOptions, earlier: list[TrialRecord]) -> Patience | None:
+    if not options.patience:
+        return None
+    return Patience.after(earlier, patience=options.patience, min_gain=options.min_gain,
+                          mode=options.space.budget.mode, val_count=options.data_size.val_count)
+
+
+def _both(first: Callable[[TrialRecord], None], second: Callable[[TrialRecord], None], record: TrialRecord) -> None:
+    first(record)
+    second(record)
+
+
+def _tune_output(verbose: bool) -> None:
+    # Ray's own progress tables only with --verbose: its legacy reporter at verbose=0 prints nothing.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    # A failed trial is one line of ours (its error goes to its MLflow run): Ray's tracebacks of it,
+    # and its closing "Trials did not complete" list, only with --verbose.
+    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "1" if verbose else "0"
+    # Neither, nor a failure to save Ray's experiment state (a full disk), which autotrick does not
+    # resume from (its Optuna journal is what it resumes).
+    for name in ("ray.tune.tune", "ray.tune.execution.experiment_state"):
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.CRITICAL)
+
+
+def _fit_keeping_sigint(tuner: tune.Tuner) -> None:
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
@@ -501,7 +547,99 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     finally:
         if sigint is not None:  # Tune leaves its SIGINT handler installed after a fit nobody interrupted
             signal.signal(signal.SIGINT, sigint)
-    return progress.most_at_once
 
 
-__all__ = ["SearchOptions", "check_address", "run_search"]
+# --------------------------------------------------------------------------- seeded re-runs
+
+@dataclass(frozen=True)
+class SeededRun:
+    """Fixed trick values trained once with their own seed at the full epoch budget (confirmation,
+    ablation): seed s is the same seed for every recipe, so the runs are paired."""
+
+    values: dict[str, Value]
+    seed: int
+
+
+@contextlib.contextmanager
+def ray_session(options: SearchOptions) -> Iterator[None]:
+    """Ray up for several batches of seeded runs (a search's Ray is reused; else one is started
+    here, and stopped at the end)."""
+    we_started_ray = _start_ray(options)
+    try:
+        yield
+    finally:
+        if we_started_ray:
+            gc.collect()  # see run_search
+            ray.shutdown()
+
+
+def run_seeded(options: SearchOptions, runs: list[SeededRun], on_record: Callable[[SeededRun, TrialRecord], None],
+               *, time_budget_s: float | None = None) -> None:
+    """Train `runs` as trials of the same Ray as the search, in reused warm workers, first come
+    first served (no sampler, no ASHA). `on_record` gets each ended run's record in this process as
+    it ends; a run cut off (the time budget, Ctrl-C) gets none, so a later call re-runs it only."""
+    if not runs:
+        return
+    with ray_session(options):
+        options = _settle_gpus(options)
+        _check_gpus(options)
+        budget = options.space.budget
+        train = replace(options.train, epochs=budget.max_epochs, threads=options.threads_per_trial)
+        configs = [{**run.values, TRIAL_KEY: index, SEED_KEY: run.seed} for index, run in enumerate(runs)]
+        # Ray's grid holds the runs' indices; the trainable reads their values from the object store
+        trainable = tune.with_parameters(_seeded_trial, configs=configs, train=train, metric=budget.metric,
+                                         size=options.data_size)
+        _tune_output(options.verbose)
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial or 0.0}),
+            param_space={RUN_KEY: tune.grid_search(list(range(len(runs))))},
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=_concurrency(options),
+                                        reuse_actors=True, time_budget_s=time_budget_s),
+            run_config=tune.RunConfig(
+                name=f"seeded-{int(time.time())}", storage_path=str((options.state_dir / "ray").resolve()),
+                verbose=2 if options.verbose else 0, log_to_file=False,
+                callbacks=[_SeededProgress(runs, budget.metric, on_record)],
+                failure_config=tune.FailureConfig(max_failures=0)))
+        _fit_keeping_sigint(tuner)
+
+
+RUN_KEY = "autotrick.run"
+
+
+def _seeded_trial(config: dict[str, Any], *, configs: list[dict[str, Any]], train: TrainConfig, metric: str,
+                  size: DataSize) -> None:
+    run_one_trial(configs[int(config[RUN_KEY])], train=train, metric=metric, state_dir=None, size=size)
+
+
+class _SeededProgress(tune.Callback):
+    """Each seeded run's record, as its last report says it ended."""
+
+    def __init__(self, runs: list[SeededRun], metric: str,
+                 on_record: Callable[[SeededRun, TrialRecord], None]) -> None:
+        self.runs, self.metric, self.on_record = runs, metric, on_record
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "on_record": None}  # see _Progress
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._hand_on(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._hand_on(trial, error=True)
+
+    def _hand_on(self, trial: Trial, *, error: bool) -> None:
+        result = trial.last_result or {}
+        index = int(trial.config[RUN_KEY])
+        if not error and not result.get("outcome"):
+            return  # cut off before its last report: not a result
+        outcome = Outcome.FAILED if error else Outcome.parse(str(result["outcome"]))
+        value = result.get(self.metric)
+        finite = isinstance(value, int | float) and math.isfinite(value)
+        reason, traceback_text = _worker_error(trial) if error else (str(result.get("reason", "")), "")
+        record = TrialRecord(number=index, values=self.runs[index].values, outcome=outcome,
+                             metric=float(value) if finite and outcome is not Outcome.FAILED else None,  # type: ignore[arg-type]
+                             epochs=int(result.get("epoch", 0) or 0), reason=reason, error=traceback_text)
+        self.on_record(self.runs[index], record)
+
+
+__all__ = ["SearchOptions", "SeededRun", "check_address", "ray_session", "run_search", "run_seeded"]

@@ -21,6 +21,7 @@ from autotrick.data.size import DataSize
 from autotrick.records import SearchInfo
 from autotrick.space import SearchSpace
 from autotrick.trainer import TrainConfig
+from autotrick.warmstart import NO_WARM_START, WarmStart
 
 
 def trial_device(gpus_per_trial: float) -> str:
@@ -51,6 +52,13 @@ class SearchOptions:
     register: str | None = None        # --register: the registered model's name
     weights: str | None = None         # --weights as given: what the model starts from
     objectives: tuple[str, ...] = ()   # several: a multi-objective study, ASHA on the first (budget.metric)
+    warm_start: WarmStart = NO_WARM_START  # recipes tried after the baseline, earlier searches told to the study
+    patience: int | None = None        # stop after this many ended trials without a gain > min_gain
+    min_gain: float | None = None      # None: the validation accuracy's sampling noise (autotrick.patience)
+    confirm: bool = True               # re-train the best recipes and the baseline over paired seeds (confirm.py)
+    confirm_top: int = 3               # the distinct recipes confirmed
+    confirm_seeds: int = 5             # seeds per recipe, paired across recipes
+    ablate: bool = False               # then ablate the confirmed winner trick by trick (ablate.py)
     stored_request: dict[str, Any] = field(default_factory=dict)  # request.json: every option's effective value
 
     @property

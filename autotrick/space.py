@@ -39,7 +39,7 @@ from autotrick.tricks import BY_NAME, TRICKS, all_params
 
 METRICS = {"val_accuracy": "max", "val_loss": "min"}
 SEARCH_ALL = "search"
-_TOP_KEYS = ("description", "model", "data", "budget", "train", "tricks")
+_TOP_KEYS = ("description", "model", "data", "budget", "train", "tricks", "priors")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class SearchSpace:
     budget: Budget = field(default_factory=Budget)
     batch_size: int = 64
     domains: Mapping[str, Domain] = field(default_factory=dict)
+    # named recipes from the literature, tried right after the baseline: (name, complete values)
+    priors: tuple[tuple[str, dict[str, Value]], ...] = ()
 
     @property
     def label(self) -> str:
@@ -169,12 +171,27 @@ def parse_space(raw: Any, *, name: str, source: str) -> SearchSpace:
         budget=_parse_budget(raw.get("budget") or {}, fail),
         batch_size=_parse_train(raw.get("train") or {}, fail),
         domains=_parse_tricks(raw.get("tricks") or {}, fail),
+        priors=_parse_priors(raw.get("priors") or {}, source, fail),
     )
     if all(isinstance(domain, Fixed) for domain in space.domains.values()):
         # Every trial would train the baseline's tricks or one fixed set: nothing to compare.
         raise fail("tricks", "the space searches nothing: give at least one trick a list of choices, a range or "
                    f"'{SEARCH_ALL}', e.g. `tricks: {{smoothing: {SEARCH_ALL}}}` (`autotrick tricks` lists them)")
     return space
+
+
+def _parse_priors(raw: Any, source: str, fail: Any) -> tuple[tuple[str, dict[str, Value]], ...]:
+    """`priors: {name: {trick: {param: value}}}`: each a recipe, checked as a recipe's tricks are."""
+    if not isinstance(raw, Mapping) or not all(isinstance(v, Mapping) for v in raw.values()):
+        raise fail("priors", "must map each prior's name to its tricks, e.g. `priors: {bag_of_tricks: "
+                   "{schedule: {name: cosine}}}`")
+    priors = []
+    for name, tricks in raw.items():
+        if not all(isinstance(v, Mapping) for v in tricks.values()):
+            raise fail(f"priors.{name}", "must map each trick to its parameters")
+        flat = {f"{trick}.{param}": value for trick, params in tricks.items() for param, value in params.items()}
+        priors.append((str(name), resolve_values(flat, f"{source}: priors.{name}")))
+    return tuple(priors)
 
 
 def _no_unknown_keys(raw: Mapping[str, Any], allowed: tuple[str, ...], where: str, fail: Any) -> None:

@@ -17,6 +17,7 @@ from autotrick.records import Outcome, TrialRecord
 from autotrick.space import SearchSpace
 from autotrick.state import JOURNAL_FILE
 from autotrick.tricks import TRICKS, defaults
+from autotrick.warmstart import warm_domains, warm_values
 
 BASELINE_KEY = "autotrick.baseline"
 TRIAL_KEY = "autotrick.trial"  # with BASELINE_KEY: the config keys of a trial that are not trick values
@@ -36,6 +37,8 @@ class DefineByRun:
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         is_baseline = bool(trial.user_attrs.get(BASELINE_KEY))
         domains = self.space.baseline_domains(self.baseline) if is_baseline else self.space.domains
+        if (warm := warm_values(trial)) is not None:  # a prior or --warm-start recipe: its exact values
+            domains = warm_domains(self.space.domains, warm)
         return {**suggest_values(TRICKS, domains, trial), TRIAL_KEY: trial.number, BASELINE_KEY: is_baseline}
 
     def baseline_params(self) -> dict[str, Value]:

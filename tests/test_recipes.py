@@ -71,7 +71,8 @@ def searched(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     os.chdir(workdir)
     try:
         code = run_search_command(SearchRequest(space="quick", trials=TRIALS, max_epochs=MAX_EPOCHS, name=NAME,
-                                                register=MODEL_NAME, tracking_uri=uri))
+                                                register=MODEL_NAME, tracking_uri=uri,
+                                                no_confirm=True))  # the registry as it was: champion
         assert code == 0
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
             str(workdir / ".autotrick" / NAME / "optuna.journal")))

@@ -38,7 +38,8 @@ def test_quick_search_writes_a_recipe_that_beats_or_equals_the_baseline(
     code = search(workdir, space="quick", trials=6, max_epochs=4, name="quick6")
     out = capsys.readouterr().out
     assert code == 0, out
-    assert out.rstrip().endswith("(see it with `autotrick ui`)")  # the store `autotrick ui` finds by itself
+    # the store `autotrick ui` finds by itself (the confirmation's verdict, if any, follows)
+    assert any(line.endswith("(see it with `autotrick ui`)") for line in out.splitlines())
     recipe = load_recipe(workdir / "quick6.recipe.yaml")
     provenance = recipe.provenance
     assert provenance["value"] >= provenance["baseline"]
@@ -330,7 +331,8 @@ def build(num_classes, in_channels):
 def test_a_trial_whose_worker_dies_is_one_line_and_its_error_is_in_mlflow(ray_address: str, workdir: Path) -> None:
     (workdir / "dying.py").write_text(DYING_MODEL.format(counter=str(workdir / "calls.txt")))
     process = cli(workdir, "search", "--address", ray_address, "--name", "dies", "--model", "dying.py:build",
-                  "--trials", "3", "--max-epochs", "2", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db")
+                  "--trials", "3", "--max-epochs", "2", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db",
+                  "--no-confirm")
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, out + err
     assert "Traceback" not in out + err and "ActorDiedError" not in out + err

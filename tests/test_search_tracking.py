@@ -93,7 +93,8 @@ def tracked(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             code = run_search_command(SearchRequest(space="quick", trials=TRIALS, max_epochs=MAX_EPOCHS,
-                                                    name=NAME, register=MODEL_NAME, tracking_uri=uri))
+                                                    name=NAME, register=MODEL_NAME, tracking_uri=uri,
+                                                    no_confirm=True))  # tests/test_confirm.py confirms
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name(NAME)
         assert experiment is not None, f"no MLflow experiment '{NAME}'"

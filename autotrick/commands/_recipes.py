@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -54,6 +55,33 @@ def show_recipe(ref: str, *, tracking_uri: str | None) -> None:
         mark = "*" if baseline.get(key) != v else " "
         click.echo(f"{mark} {key:<26} {short_value(v):<16} {short_value(baseline.get(key))}")
     click.echo("* differs from the baseline")
+    _show_trust(provenance, metric)
+
+
+def _show_trust(provenance: dict[str, Any], metric: str) -> None:
+    """The confirmation over seeds and the ablation table, as the search or `autotrick ablate` stored them."""
+    confirmed, ablation = provenance.get("confirmed"), provenance.get("ablation")
+    if isinstance(confirmed, dict):
+        click.echo(f"confirmed over {confirmed.get('seeds')} paired seeds at {confirmed.get('epochs')} epochs "
+                   f"({confirmed.get('test')}):")
+        click.echo(f"{'recipe':<12} {metric + ' mean ± 95%':<24} {'sd':>7}   {'vs baseline ± 95%':<22} p (Holm)")
+        for row in confirmed.get("rows", []):
+            gain = (f"{row['gain']:+.4f} ± {(row['gain_high'] - row['gain_low']) / 2:.4f}"
+                    if row.get("gain") is not None else "-")
+            p = f"{row['p_adjusted']:.2g}" if row.get("p_adjusted") is not None else "-"
+            click.echo(f"{row['name']:<12} {row['mean']:.4f} ± {(row['high'] - row['low']) / 2:.4f}{'':<8} "
+                       f"{row['sd']:>7.4f}   {gain:<22} {p}")
+        head = "CONFIRMED: " if confirmed.get("significant") else "NOT CONFIRMED: "
+        click.echo(head + str(confirmed.get("verdict")))
+    else:
+        click.echo("not confirmed over seeds: its value is one run (`autotrick search` confirms by default)")
+    if isinstance(ablation, dict) and ablation.get("table"):
+        table = ablation["table"]
+        widths = [max(len(str(line[i])) for line in table) for i in range(len(table[0]))]
+        click.echo(f"ablation over {ablation.get('seeds')} paired seeds (change > 0: better):")
+        for line in table:
+            click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+        click.echo(str(ablation.get("summary", "")))
 
 
 def run_ui(*, port: int, search_name: str | None, tracking_uri: str | None) -> None:

@@ -14,6 +14,15 @@ from typing import Any
 
 import click
 
+from autotrick.commands._ablate import ablate_after_search, log_to_mlflow
+from autotrick.commands._confirm import (
+    UNCONFIRMED,
+    check_confirm_options,
+    confirmation_lines,
+    confirmed_recipe,
+    run_confirmation,
+    seed_scores,
+)
 from autotrick.commands._format import measurements_text, tricks_text
 from autotrick.commands._inputs import check_model_and_data, resolve_model_files
 from autotrick.errors import ConfigError, first_line
@@ -53,6 +62,13 @@ class SearchRequest:
     data_mode: str | None = None  # memory | stream | auto (the default: by size)
     weights: str | None = None  # the model starts from these: a file, models:/ or runs:/
     objectives: str | None = None  # several, comma-separated: the Pareto front (autotrick.objectives)
+    confirm_top: int | None = None  # recipes confirmed over seeds after the search (default 3)
+    confirm_seeds: int | None = None  # default 5
+    no_confirm: bool = False
+    ablate: bool = False  # ablate the confirmed winner trick by trick (autotrick.ablate)
+    warm_start: tuple[str, ...] | None = None  # recipes (file, runs:/, models:/) or earlier searches' names
+    patience: int | None = None  # stop after this many trials in a row without a gain
+    min_gain: float | None = None  # the gain that counts for --patience (default: the metric's sampling noise)
 
 
 def search_name(request: SearchRequest) -> str:
@@ -94,6 +110,11 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     model, data = absolute_spec(request.model or space.model), absolute_data_spec(request.data or space.data)
     data_dir = str(Path(request.data_dir).resolve()) if request.data_dir else None
     data_mode = check_data_mode(request.data_mode or "auto")
+    check_confirm_options(request.confirm_top, request.confirm_seeds)
+    if request.patience is not None and request.patience < 1:
+        raise ConfigError(f"--patience {request.patience}: must be at least 1 (trials in a row without a gain)")
+    if request.min_gain is not None and not 0 <= request.min_gain < math.inf:
+        raise ConfigError(f"--min-gain {request.min_gain}: must be a number >= 0")
     gpus = gpus_per_trial(request.gpus_per_trial, address=request.address)
     size = check_model_and_data(model, data, data_dir)
     cpus = request.cpus_per_trial or 1.0
@@ -106,6 +127,10 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
         check_address(request.address)
     tracking_uri = resolve_tracking_uri(request.tracking_uri)  # the flag, MLFLOW_TRACKING_URI, or mlflow.db
     check_store(tracking_uri)
+    from autotrick.state import STATE_ROOT
+    from autotrick.warmstart import resolve_warm_starts
+
+    warm = resolve_warm_starts(tuple(request.warm_start or ()), tracking_uri=tracking_uri, state_root=STATE_ROOT)
     seed = request.seed or 0
     # Each trial process holds its own copy of in-memory data: the budget is split between them
     # (a cluster's GPUs are counted once connected: here only its CPUs limit the count).
@@ -134,6 +159,9 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                             resume=request.resume, verbose=request.verbose,
                             save_models=request.register is not None, output=output, tracking_uri=tracking_uri,
                             register=request.register, weights=request.weights, objectives=objectives,
+                            warm_start=warm, patience=request.patience, min_gain=request.min_gain,
+                            confirm=not request.no_confirm, confirm_top=request.confirm_top or 3,
+                            confirm_seeds=request.confirm_seeds or 5, ablate=request.ablate,
                             stored_request=stored_form(effective, space_yaml))
     return options if gpus is None else options.with_gpus(gpus)  # auto on a cluster: settled once connected
 
@@ -286,22 +314,53 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
     def on_started(settled: SearchOptions) -> None:
         if not options.settled:
             tracker.search_settled(settled.info())
+    deadline = time.monotonic() + options.time_budget_s if options.time_budget_s else None
+    confirmed: list[Any] = []  # the confirmation, once made; [None] when it was cut off
+    ablated: list[tuple[Any, Recipe]] = []    # (the ablation, the minimal recipe), once made
+
+    def _ablated(recipe: Recipe, result: SearchResult, scores: Any) -> Recipe:
+        seeds = options.confirm_seeds
+        scores = scores or seed_scores(options, seeds=seeds, deadline=deadline)
+        made = ablate_after_search(options, recipe, result.baseline.values, scores,  # type: ignore[union-attr]
+                                   result.info.metric)
+        if made is None:
+            return recipe
+        ablated.append(made)
+        return Recipe(recipe.tricks, recipe.training, {**recipe.provenance, "ablation": made[0].to_dict()})
 
     def on_record(record: TrialRecord) -> None:
         progress(record)
         tracker.trial_finished(record)
 
     def before_shutdown(result: SearchResult) -> None:
-        """The recipe, and MLflow's last writes queued while Ray is still up (not waited for)."""
+        """The confirmation over seeds (on the search's Ray), the recipe, and MLflow's last writes
+        queued while Ray is still up (not waited for)."""
         recipe = Recipe.from_search(result, mlflow_run_id=tracker.parent_run_id)
+        scores = None
+        if recipe is not None and options.confirm:
+            confirmation, whole, scores = run_confirmation(options, result, top=options.confirm_top,
+                                                           seeds=options.confirm_seeds, deadline=deadline)
+            if not whole:  # cut off: the search's trials are kept, --resume confirms what is missing
+                confirmed.append(None)
+                return
+            if confirmation is not None:
+                confirmed.append(confirmation)
+                result.confirmed = confirmation.to_dict()
+                result.timings["confirm_s"] = confirmation.seconds
+                recipe = confirmed_recipe(recipe, confirmation, result)
+        if recipe is not None and options.ablate and result.baseline is not None:
+            recipe = _ablated(recipe, result, scores)
         if recipe is not None:
             recipe.write(output)
-        model = _best_model(options, result.best) if options.register and recipe else None
+        chosen = next((r for r in result.records if recipe and r.number == recipe.provenance.get("trial")), None)
+        model = _best_model(options, chosen) if options.register and recipe else None
         if options.register and recipe and model is None:
-            click.echo(f"warning: --register {options.register}: trial {result.best.number}'s weights were "  # type: ignore[union-attr]
+            click.echo(f"warning: --register {options.register}: trial {chosen.number}'s weights were "  # type: ignore[union-attr]
                        "not saved; nothing registered", err=True)
+        significant = result.confirmed is None or bool(result.confirmed.get("significant"))
         tracker.search_finished(result, recipe, model=model, register_name=options.register,
-                                example_input=_example_input(data, options) if model is not None else None)
+                                example_input=_example_input(data, options) if model is not None else None,
+                                registered=chosen, alias=None if significant else UNCONFIRMED)
 
     try:
         result = run_search(options, on_record, before_shutdown, on_started)
@@ -315,6 +374,12 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
         tracker.search_ended_early("FAILED", first_line(error))
         tracker.close()
         raise
+    if confirmed == [None]:
+        cut = f"{len(result.records)} trials finished; the confirmation was cut off"
+        tracker.search_ended_early("KILLED", cut)
+        tracker.close()
+        click.echo(f"{cut}: {resume_hint} to confirm the missing seeds", err=True)
+        return signals.exit_code
     waited = time.perf_counter()
     tracker.close()
     result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time
@@ -324,6 +389,10 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
         from autotrick.commands._pareto import finish_front
 
         click.echo("\n".join(finish_front(result, output, tracker.parent_run_id, options.tracking_uri)))
+    if ablated:
+        log_to_mlflow(ablated[0][0], ablated[0][1], tracker.parent_run_id, options.tracking_uri)
+    if confirmed and confirmed[0] is not None:
+        click.echo("\n".join(confirmation_lines(confirmed[0])))
     if result.interrupted:
         click.echo(f"interrupted after {len(result.records)} of {budget.trials} trials: {resume_hint}", err=True)
         return signals.exit_code
@@ -338,6 +407,8 @@ def _summary(result: SearchResult, output: Path | None, parent_run_id: str | Non
              f"{result.timings.get('total_s', 0):.1f}s",
              "time: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" if k.endswith("_s") else f"{k} {v:.2f}"
                                   for k, v in result.timings.items())]
+    if result.stop_reason:
+        lines.append(f"stopped early after {len(result.records)} of {result.info.trials} trials: {result.stop_reason}")
     best, baseline, metric = result.best, result.baseline, result.info.metric
     if best is None or best.metric is None:
         lines.append("no trial succeeded: no recipe written")

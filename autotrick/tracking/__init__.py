@@ -6,6 +6,7 @@ _store (where the store is, tags, queries), _writer (the background writer the s
 _runs (the runs themselves), _plots, _read (recipes back from runs:/ and models:/), _ui.
 """
 
+from autotrick.tracking._ablation import log_ablation
 from autotrick.tracking._read import (
     export_recipe_text,
     fetch_checkpoint,
@@ -39,5 +40,6 @@ __all__ = [
     "CHAMPION", "DEFAULT_TRACKING_URI", "TAG_BASELINE", "TAG_BEST", "TAG_BEST_RUN",
     "TAG_IMPORTANCE", "TAG_NOTE", "TAG_OUTCOME", "TAG_PARENT", "TAG_REASON", "TAG_ROLE", "TAG_SEARCH",
     "TAG_TRIAL", "SearchTracker", "check_store", "export_recipe_text", "fetch_checkpoint", "fetch_recipe_text",
-    "is_server", "load_model", "load_recipe", "resolve_tracking_uri", "same_store", "serve_ui", "ui_url",
+    "is_server", "load_model", "load_recipe", "log_ablation", "resolve_tracking_uri", "same_store", "serve_ui",
+    "ui_url",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
 
@@ -22,7 +23,7 @@ class Links:
 
     experiment_id: str
     run_ids: Mapping[int, str]        # trial number -> run id
-    model: tuple[str, str] | None = None  # registered (name, version)
+    model: tuple[str, str, str] | None = None  # registered (name, version, alias)
 
     def run(self, number: int, name: str) -> str:
         run_id = self.run_ids.get(number)
@@ -104,11 +105,13 @@ def search_note(result: SearchResult, links: Links, *, running: bool = False) ->
         name = trial_name(best, info.max_epochs, best=True)
         lines = [f"**Winner: {links.run(best.number, name)}**: {info.metric} **{number_text(best.metric)}**"
                  + _gain_text(result, links) + "."]
+    if result.confirmed:  # the verdict over seeds comes first: it says whether the winner is real
+        lines = [*confirmation_note(result.confirmed, info.metric), "", *lines]
     lines += ["", f"**Trials**: {_counts(result)}. **Stopped because** {_why_stopped(result)}."]
     if links.model is not None:
-        model, version = links.model
+        model, version, alias = links.model
         page = f"#/models/{model}/versions/{version}{ML_VIEW}"
-        lines += ["", f"**Model**: registered as [{model} version {version}]({page}) (alias `@champion`)."]
+        lines += ["", f"**Model**: registered as [{model} version {version}]({page}) (alias `@{alias}`)."]
     if best is not None:
         lines += ["", *_tricks_table(best, result)]
     lines += ["", setup]
@@ -116,6 +119,23 @@ def search_note(result: SearchResult, links: Links, *, running: bool = False) ->
         lines.append("The recipe is the artifact `recipe.yaml` (re-run it with `autotrick train --recipe FILE`); "
                      "the plots are under `plots/`.")
     return "\n".join(lines)
+
+
+def confirmation_note(confirmed: Mapping[str, object], metric: str) -> list[str]:
+    """The verdict over seeds in words, then one table row per recipe (mean ± interval, gain ±
+    interval over the baseline, Holm-corrected p)."""
+    rows: list[dict[str, Any]] = list(confirmed.get("rows") or [])  # type: ignore[call-overload]
+    head = "**Confirmed**" if confirmed.get("significant") else "**Not confirmed**"
+    lines = [f"{head}: {confirmed.get('verdict', '')}.", "",
+             f"| recipe | {metric} mean ± 95% | sd | gain over baseline ± 95% | p (Holm) |",
+             "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        half = (row["high"] - row["low"]) / 2
+        gain = (f"{row['gain']:+.4f} ± {(row['gain_high'] - row['gain_low']) / 2:.4f}"
+                if row.get("gain") is not None else "-")
+        p = f"{row['p_adjusted']:.2g}" if row.get("p_adjusted") is not None else "-"
+        lines.append(f"| {row['name']} | {row['mean']:.4f} ± {half:.4f} | {row['sd']:.4f} | {gain} | {p} |")
+    return lines
 
 
 def model_note(best: TrialRecord, result: SearchResult) -> str:
@@ -126,6 +146,8 @@ def model_note(best: TrialRecord, result: SearchResult) -> str:
              *_tricks_table(best, result),
              "", "Input: float32 images (N, C, H, W), normalized with the data set's mean and std; "
              "output: one logit per class."]
+    if result.confirmed:
+        lines = [*confirmation_note(result.confirmed, info.metric)[:1], "", *lines]
     return "\n".join(lines)
 
 
@@ -176,4 +198,6 @@ def _why_stopped(result: SearchResult) -> str:
     if result.interrupted:
         return (f"interrupted after {len(result.records)} of {result.info.trials} trials (resume it with "
                 f"`autotrick search --name {result.info.name} --resume`)")
+    if result.stop_reason:
+        return f"it stopped early after {len(result.records)} trials: {result.stop_reason}"
     return f"all {result.info.trials} trials ran"

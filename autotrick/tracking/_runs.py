@@ -109,7 +109,7 @@ class SearchLog:
         self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, ML_KIND)
         self.inputs = _dataset_inputs(dataset, info) if dataset is not None else []
         self.children: dict[int, _Child] = {}
-        self._model: tuple[str, str] | None = None  # the registered (name, version)
+        self._model: tuple[str, str, str] | None = None  # the registered (name, version, alias)
         parent = latest_parent(self.client, self.experiment_id, info.name) if resume else None
         self.parent_id = parent.info.run_id if parent else self._create_parent()
         self.best_id = parent.data.tags.get(TAG_BEST_RUN) if parent else None
@@ -322,9 +322,11 @@ class SearchLog:
             self.client.log_text(self.parent_id, interactive_html(study, target), "plots/interactive.html")
 
     def register(self, best: TrialRecord, name: str, model: torch.nn.Module,
-                 example: torch.Tensor | None, result: SearchResult | None = None) -> None:
+                 example: torch.Tensor | None, result: SearchResult | None = None, *,
+                 alias: str | None = None) -> None:
         """The best trial's model, logged on its run with its signature, input example and
-        validation metrics, registered under `name` as the champion, and described."""
+        validation metrics, registered under `name` as the champion (or `alias`: a winner not
+        confirmed beyond seed noise never moves the champion), and described."""
         import mlflow
         import mlflow.pytorch
 
@@ -341,7 +343,7 @@ class SearchLog:
                 params={key: display_value(value) for key, value in best.values.items() if value is not None},
                 **_example_kwargs(model, example))
         version = str(logged.registered_model_version)
-        self.client.set_registered_model_alias(name, CHAMPION, version)
+        self.client.set_registered_model_alias(name, alias or CHAMPION, version)
         last = best.history[-1] if best.history else {}
         # the values the model was chosen by, under the run's names for them (not as new curve points)
         validation = {f"final_{key}": last[key] for key in ("val_accuracy", "val_loss") if key in last}
@@ -353,7 +355,7 @@ class SearchLog:
             note = model_note(best, result)[:_MAX_TAG_CHARS]
             self.client.update_registered_model(name, description=note)
             self.client.update_model_version(name, version, description=note)
-            self._model = (name, version)
+            self._model = (name, version, alias or CHAMPION)
             self.describe(result)
 
 
@@ -444,6 +446,12 @@ def _result_metrics(result: SearchResult) -> dict[str, float]:
             found[f"gain_{metric}"] = gain
             if baseline.metric:
                 found[f"relative_gain_{metric}"] = gain / abs(baseline.metric)
+    confirmed = result.confirmed or {}
+    for key in ("mean", "sd", "gain", "gain_low", "gain_high", "p_adjusted"):  # over seeds, paired
+        if isinstance(confirmed.get(key), int | float):
+            found[f"confirmed_{key}_{metric}" if key != "p_adjusted" else "confirmed_p_adjusted"] = confirmed[key]
+    if "significant" in confirmed:
+        found["confirmed_significant"] = float(bool(confirmed["significant"]))
     return found
 
 

@@ -73,15 +73,17 @@ class SearchTracker:
 
     def search_finished(self, result: SearchResult, recipe: Recipe | None, *,
                         model: torch.nn.Module | None = None, register_name: str | None = None,
-                        example_input: torch.Tensor | None = None) -> None:
+                        example_input: torch.Tensor | None = None, registered: TrialRecord | None = None,
+                        alias: str | None = None) -> None:
         """The search's end: results and the recipe on the parent, the best child marked, the plots,
-        the best `model` registered as `register_name` (when both are given), the parent ended."""
+        the `registered` trial's `model` (default: the best's) registered as `register_name` (when
+        both are given) under `alias` (default: champion), the parent ended."""
         # Separate jobs, so that a plot that fails still leaves the parent run ended.
         self._jobs.put(lambda log: log.log_results(result, recipe))
         self._jobs.put(lambda log: log.log_plots(result))
-        best = result.best
+        best = registered or result.best
         if best is not None and register_name and model is not None:
-            self._jobs.put(lambda log: log.register(best, register_name, model, example_input, result))
+            self._jobs.put(lambda log: log.register(best, register_name, model, example_input, result, alias=alias))
         self._jobs.put(lambda log: log.end(result.interrupted))
 
     def search_ended_early(self, status: str, reason: str) -> None:
