@@ -3,6 +3,8 @@ tensors to a device without stalling it."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -38,3 +40,24 @@ def trials_at_once(cpus: float, gpus: float, *, cpus_per_trial: float, gpus_per_
     if gpus_per_trial:
         slots = min(slots, int(gpus // gpus_per_trial))
     return max(1, slots)
+
+def gpus_per_trial(value: float | str | None, *, address: str | None) -> float | None:
+    """--gpus-per-trial as a number. auto (or not given): 1 when this machine has a GPU (what a local
+    Ray will have), else 0; None on a cluster (--address), whose GPUs the search counts once it is
+    connected. A local Ray's GPUs are this machine's: more than it has is refused now, not after
+    Ray and MLflow start."""
+    if address and (value is None or value == "auto"):
+        return None
+    here = torch.cuda.device_count()
+    if value is None or value == "auto":
+        return 1.0 if here > 0 else 0.0
+    try:
+        gpus = float(value)
+    except (TypeError, ValueError):
+        gpus = -1.0
+    if not 0 <= gpus < math.inf:  # also NaN
+        raise ConfigError(f"--gpus-per-trial {value}: expected auto or a number >= 0 (0.25: 4 trials per GPU)")
+    if not address and gpus > here:
+        raise ConfigError(f"--gpus-per-trial {value}: this machine has {here} GPU{'s' * (here != 1)}, which a local "
+                          "Ray gets; give at most that, or --address a Ray cluster with GPUs")
+    return gpus

@@ -48,8 +48,8 @@ def ablate_recipe(ref: str, *, seeds: int | None, tracking_uri: str | None, num_
                   address: str | None, verbose: bool = False) -> None:
     """`autotrick ablate RECIPE`: every input checked before Ray starts."""
     from autotrick.commands._inputs import check_model_and_data
-    from autotrick.commands._search import gpus_per_trial
     from autotrick.data import absolute_data_spec
+    from autotrick.device import gpus_per_trial
     from autotrick.entrypoints import absolute_spec
     from autotrick.search import ray_session
     from autotrick.search_options import SearchOptions

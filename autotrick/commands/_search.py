@@ -104,7 +104,7 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                               grace_epochs=min(space.budget.grace_epochs, max_epochs),
                               metric=objectives[0] if objectives else None)  # ASHA stops on the first
     from autotrick.data import check_data_mode, plan_data
-    from autotrick.device import trials_at_once
+    from autotrick.device import gpus_per_trial, trials_at_once
 
     # Absolute paths: Ray runs trials in folders of their own.
     model, data = absolute_spec(request.model or space.model), absolute_data_spec(request.data or space.data)
@@ -179,29 +179,6 @@ def _objectives(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def gpus_per_trial(value: float | str | None, *, address: str | None) -> float | None:
-    """--gpus-per-trial as a number. auto (or not given): 1 when this machine has a GPU (what a local
-    Ray will have), else 0; None on a cluster (--address), whose GPUs the search counts once it is
-    connected. A local Ray's GPUs are this machine's: more than it has is refused now, not after
-    Ray and MLflow start."""
-    if address and (value is None or value == "auto"):
-        return None
-    import torch
-
-    here = torch.cuda.device_count()
-    if value is None or value == "auto":
-        return 1.0 if here > 0 else 0.0
-    try:
-        gpus = float(value)
-    except (TypeError, ValueError):
-        gpus = -1.0
-    if not 0 <= gpus < math.inf:  # also NaN
-        raise ConfigError(f"--gpus-per-trial {value}: expected auto or a number >= 0 (0.25: 4 trials per GPU)")
-    if not address and gpus > here:
-        raise ConfigError(f"--gpus-per-trial {value}: this machine has {here} GPU{'s' * (here != 1)}, which a local "
-                          "Ray gets; give at most that, or --address a Ray cluster with GPUs")
-    return gpus
-
 
 def _local_gpus() -> int:
     import torch
@@ -225,6 +202,7 @@ def _resumed_request(request: SearchRequest, stored: dict[str, Any] | None,
     """A resumed search's request: what it started with, and what may change (autotrick.request)."""
     from autotrick.checkpoint import is_mlflow_ref
     from autotrick.data import absolute_data_spec
+    from autotrick.device import gpus_per_trial
     from autotrick.entrypoints import absolute_spec
     from autotrick.request import as_path, check_space_unchanged, resumed
     from autotrick.space import builtin_spaces, read_space_text, resolve_space_path
