@@ -53,16 +53,15 @@ def ablate_recipe(ref: str, *, seeds: int | None, tracking_uri: str | None, num_
     from autotrick.entrypoints import absolute_spec
     from autotrick.search import ray_session
     from autotrick.search_options import SearchOptions
-    from autotrick.space import Budget, SearchSpace
+    from autotrick.space import Budget, SearchSpace, resolve_values
     from autotrick.state import STATE_ROOT
     from autotrick.tracking import load_recipe
     from autotrick.trainer import TrainConfig
-    from autotrick.tricks import defaults
 
     if seeds is not None and seeds < 2:
         raise ConfigError(f"--seeds {seeds}: a paired test needs at least 2 seeds (default 5)")
     recipe = load_recipe(ref, tracking_uri=tracking_uri)
-    baseline = defaults()
+    baseline = resolve_values({}, "the baseline")  # every trick off, walked as a recipe is
     if not trick_groups(recipe.tricks, baseline):
         raise ConfigError(f"recipe {ref}: equal to the baseline (every trick off); there is no trick to ablate")
     training, provenance = recipe.training, recipe.provenance
