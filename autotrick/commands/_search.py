@@ -23,6 +23,9 @@ from autotrick.signals import StopSignals
 from autotrick.trainer import TrainConfig
 
 DEFAULT_SPACE = "quick"
+# The longest the search's end waits for MLflow: each request is bounded (tracking._store), and the
+# writer gives up on the rest once the catch-up fails; this bounds a store that is merely slow.
+_TRACKER_WAIT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,8 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
     described = describe_data(options.train.data, options.train.data_dir)
     data = load_data(options.train.data, options.train.data_dir) \
         if options.train.data_mode == "memory" and not described.streamable else None
-    tracker = SearchTracker(info, tracking_uri=request.tracking_uri, resume=request.resume, dataset=data)
+    tracker = SearchTracker(info, tracking_uri=request.tracking_uri, resume=request.resume, dataset=data,
+                            on_failure=lambda line: click.echo(f"autotrick: {line}", err=True))
     progress = _ProgressPrinter(info, verbose=request.verbose)
     click.echo(f"search '{info.name}': {options.space.name} space, {info.model} on {info.data}, "
                f"{info.trials} trials x up to {info.max_epochs} epochs, {info.metric} ({info.mode}); "
@@ -293,21 +297,25 @@ def _run(prepared: _Prepared, signals: StopSignals) -> int:
     except KeyboardInterrupt:  # a signal outside Tune's loop (starting, or a second one)
         done = len(finished_records(options.state_dir, options.name))
         tracker.search_ended_early("KILLED", f"interrupted by {signals.name} after {done} of {info.trials} trials")
-        tracker.close()
+        tracker.close(_TRACKER_WAIT_S, warn=False)
         click.echo(f"interrupted by {signals.name} after {done} of {info.trials} trials: {resume_hint}", err=True)
         return signals.exit_code
     except BaseException as error:  # the parent run must not be left RUNNING
         tracker.search_ended_early("FAILED", first_line(error))
-        tracker.close()
+        tracker.close(_TRACKER_WAIT_S, warn=False)
         raise
     waited = time.perf_counter()
-    tracker.close()
+    tracker.close(_TRACKER_WAIT_S, warn=False)
     result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time
     result.timings["logging_cpu_s"] = tracker.logging_seconds
     click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id, request.tracking_uri))
     if result.interrupted:
         click.echo(f"interrupted after {len(result.records)} of {info.trials} trials: {resume_hint}", err=True)
         return signals.exit_code
+    if tracker.missed:  # the journal holds every trial; the store does not
+        click.echo(f"autotrick: error: MLflow store {tracker.tracking_uri} missed records ({tracker.failure}): "
+                   f"once it is back, {resume_hint} writes them", err=True)
+        return 1
     return 0 if result.best is not None else 1
 
 

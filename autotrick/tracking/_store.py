@@ -56,6 +56,14 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # setLevel made before it: the variable is what holds. setLevel covers an mlflow imported already.
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 logging.getLogger("mlflow").setLevel(logging.WARNING)
+# A tracking server that stops answering must not hold a search for minutes: MLflow retries each
+# request 7 times with a doubling backoff (about 4 minutes) and waits 120 s for an answer. Three
+# tries within a few seconds, and 30 s for an answer, say "gone" soon enough; the search's end
+# tries again anyway. Its "🏃 View run ... at: URL" lines would fall among the trial lines.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 

@@ -1,7 +1,13 @@
 """The tracker: a search's calls enqueue MLflow writes and return at once; one background thread
 writes them, so the search never waits on the store and the store never sees racing writers.
 `import mlflow` (about 2 s) and creating a fresh sqlite store happen on that thread too, while Ray
-starts."""
+starts.
+
+A store that fails (a tracking server gone, a full disk, a read-only file) does not stop the search:
+the journal, not MLflow, is what a search resumes from. The first failure is said once (`on_failure`);
+the trials' writes are then skipped, and the search's end writes every record again (log_results
+writes whatever run is missing), so a store that is back by then misses nothing. One still failing
+at the end leaves `missed` set: the command exits non-zero, and `--resume` writes the rest."""
 
 from __future__ import annotations
 
@@ -29,20 +35,25 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 _START_TIMEOUT_S = 60.0
+_REASON_CHARS = 300  # MLflow's connection errors quote the whole urllib3 chain: the line stays readable
 
 
 class SearchTracker:
     """Records a search in MLflow without slowing it: every call enqueues and returns at once."""
 
     def __init__(self, info: SearchInfo, *, tracking_uri: str | None = None, resume: bool = False,
-                 dataset: ImageData | None = None) -> None:
-        """`dataset` (the search's data) is logged as the runs' dataset input, with its digest."""
+                 dataset: ImageData | None = None, on_failure: Callable[[str], None] | None = None) -> None:
+        """`dataset` (the search's data) is logged as the runs' dataset input, with its digest.
+        `on_failure` is told, once, in one line, that the store failed and what happens next."""
         self.info = info
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        self._jobs: queue.SimpleQueue[Callable[[SearchLog], None] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[str, Callable[[SearchLog], None]] | None] = queue.SimpleQueue()
         self._log: SearchLog | None = None
         self._started = threading.Event()  # set once the parent run exists (or could not be made)
         self._errors: list[str] = []
+        self._on_failure = on_failure
+        self.failure: str | None = None  # the store's first failure, in one line
+        self.missed = False  # records the store has not got: set by a failure, cleared by a catch-up
         self._seconds = 0.0
         self._closed = False
         self._thread = threading.Thread(target=self._write, args=(resume, dataset), name="autotrick-mlflow",
@@ -63,7 +74,7 @@ class SearchTracker:
         return self._seconds
 
     def trial_finished(self, record: TrialRecord) -> None:
-        self._jobs.put(lambda log: log.log_trial(record))
+        self._jobs.put((_TRIAL, lambda log: log.log_trial(record)))
 
     def search_finished(self, result: SearchResult, recipe: Recipe | None, *,
                         model: torch.nn.Module | None = None, register_name: str | None = None,
@@ -71,28 +82,32 @@ class SearchTracker:
         """The search's end: results and the recipe on the parent, the best child marked, the plots,
         the best `model` registered as `register_name` (when both are given), the parent ended."""
         # Separate jobs, so that a plot that fails still leaves the parent run ended.
-        self._jobs.put(lambda log: log.log_results(result, recipe))
-        self._jobs.put(lambda log: log.log_plots(result))
+        self._jobs.put((_CATCH_UP, lambda log: log.log_results(result, recipe)))
+        self._jobs.put((_END, lambda log: log.log_plots(result)))
         best = result.best
         if best is not None and register_name and model is not None:
-            self._jobs.put(lambda log: log.register(best, register_name, model, example_input, result))
-        self._jobs.put(lambda log: log.end(result.interrupted))
+            self._jobs.put((_END, lambda log: log.register(best, register_name, model, example_input, result)))
+        self._jobs.put((_END, lambda log: log.end(result.interrupted)))
 
     def search_ended_early(self, status: str, reason: str) -> None:
         """The search stopped before it had results (interrupted: "KILLED"; an error: "FAILED"):
         the parent run ends with that status and the reason as its autotrick.reason tag."""
-        self._jobs.put(lambda log: log.end_early(status, reason))
+        self._jobs.put((_CATCH_UP, lambda log: log.end_early(status, reason)))
 
-    def close(self, timeout: float | None = None) -> None:
-        """Wait for the queued writes; report a failed one as a warning rather than fail the search."""
+    def close(self, timeout: float | None = None, *, warn: bool = True) -> None:
+        """Wait for the queued writes; report a failed one as a warning (`warn`) rather than fail the
+        search. Writes still running after `timeout` are left to the daemon thread, and `missed`."""
         if not self._closed:
             self._closed = True
             self._jobs.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            warnings.warn(f"MLflow logging to {self.tracking_uri} still running after {timeout:g}s; "
-                          "the runs may be incomplete", RuntimeWarning, stacklevel=2)
-        for error in self._errors:
+            self.missed = True
+            self.failure = self.failure or f"still writing after {timeout:g}s"
+            if warn:
+                warnings.warn(f"MLflow logging to {self.tracking_uri} still running after {timeout:g}s; "
+                              "the runs may be incomplete", RuntimeWarning, stacklevel=2)
+        for error in self._errors if warn else ():
             warnings.warn(f"MLflow logging to {self.tracking_uri} failed: {error}", RuntimeWarning,
                           stacklevel=2)
         self._errors.clear()
@@ -103,10 +118,31 @@ class SearchTracker:
             self._log = self._timed(lambda: SearchLog(self.info, self.tracking_uri, resume, dataset))
         finally:
             self._started.set()
+        if self._log is None:
+            self._failed()
         self._timed(_import_plotting)  # now, in the search's gaps, not after its last trial
+        given_up = False  # the end's writes after a failed catch-up: each would only wait on the store again
         while (job := self._jobs.get()) is not None:
-            if self._log is not None:  # without a parent run there is nothing to write to
-                self._timed(partial(job, self._log))
+            phase, write = job
+            if (self.missed and phase == _TRIAL) or (given_up and phase == _END):
+                continue  # the catch-up writes these records again
+            if self._log is None:  # without a parent run there is nothing to write to: --resume makes it
+                continue
+            written = self._timed(partial(_written, write, self._log))
+            if phase == _CATCH_UP:
+                given_up = not written
+                self.missed = not written
+            if not written:
+                self._failed()
+
+    def _failed(self) -> None:
+        """Remember the store failed; say so once."""
+        self.missed = True
+        if self.failure is None:
+            self.failure = self._errors[-1][:_REASON_CHARS] if self._errors else "no parent run"
+            if self._on_failure is not None:
+                self._on_failure(f"MLflow store {self.tracking_uri} failed ({self.failure}): the trials go on; "
+                                 "what it misses is written at the search's end, or by --resume once it is back")
 
     def _timed(self, job: Callable[[], Any]) -> Any:
         started = time.thread_time()
@@ -118,6 +154,16 @@ class SearchTracker:
             return None
         finally:
             self._seconds += time.thread_time() - started
+
+
+def _written(write: Callable[[SearchLog], None], log: SearchLog) -> bool:
+    write(log)
+    return True
+
+
+# The writer's jobs by phase: a trial's run; the catch-up (the results, which write every trial's
+# run again, or the early end); what follows it at the end (plots, the registry, the parent's end).
+_TRIAL, _CATCH_UP, _END = "trial", "catch-up", "end"
 
 
 def _import_plotting() -> None:
