@@ -36,6 +36,7 @@ TAG_BEST = "autotrick.best"
 TAG_BEST_RUN = "autotrick.best_run_id"
 TAG_IMPORTANCE = "autotrick.importance"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_SEARCH_RUN = "autotrick.search_run_id"  # on a model version: the search (parent run) that registered it
 TAG_NOTE = "mlflow.note.content"  # the run's (or experiment's) description in the MLflow UI
 
 
