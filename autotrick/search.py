@@ -67,6 +67,7 @@ from autotrick.errors import ConfigError, first_line
 from autotrick.params import Fixed, Value, suggest_values
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
 from autotrick.space import SearchSpace, baseline_values
+from autotrick.state import JOURNAL_FILE
 from autotrick.study import (
     BASELINE_KEY,
     RECORD,
@@ -267,6 +268,7 @@ class _TrickSearcher(Searcher):
         self._history: dict[str, list[dict[str, float]]] = {}
         self._step_lrs: dict[str, list[list[float]]] = {}
         self.finished: dict[str, TrialRecord] = {}  # for the progress callback, which runs after
+        self.write_error: OSError | None = None  # the journal could not be written: no more trials
         if existing == 0:
             self.study.enqueue_trial(self._define.baseline_params(), user_attrs={BASELINE_KEY: True})
         else:
@@ -276,8 +278,14 @@ class _TrickSearcher(Searcher):
                               **spec: Any) -> bool:
         return True  # the metric, the mode and the space were given to the constructor
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        trial = self.study.ask()  # an enqueued trial (the baseline, a re-queued one) comes first
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.write_error is not None:
+            return Searcher.FINISHED
+        try:
+            trial = self.study.ask()  # an enqueued trial (the baseline, a re-queued one) comes first
+        except OSError as error:
+            self.write_error = error
+            return Searcher.FINISHED
         config = self._define(trial)
         self._trials[trial_id], self._configs[trial_id] = trial, config
         return config
@@ -314,8 +322,12 @@ class _TrickSearcher(Searcher):
             error=str(result.get(TRACEBACK, "")), step_lrs=self._step_lrs.pop(trial_id, []),
             measurements={key.removeprefix(_MEASURED): float(v) for key, v in result.items()
                           if key.startswith(_MEASURED)})
-        trial.set_user_attr(RECORD, record.to_dict())  # the study is what a resumed search reads back
-        tell(self.study, trial, record)
+        try:
+            trial.set_user_attr(RECORD, record.to_dict())  # the study is what a resumed search reads back
+            tell(self.study, trial, record)
+        except OSError as error:  # a full disk: raised to Tune, it would log a traceback and go on
+            self.write_error = self.write_error or error  # said after the fit; a resume re-runs the trial
+            return
         self.finished[trial_id] = record
 
     def save(self, checkpoint_path: str) -> None:
@@ -567,9 +579,15 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
         tuner.fit()  # SIGINT (and SIGTERM, SIGHUP: autotrick.signals) stops it gracefully
+    except OSError as error:  # Tune's own state, written under the search's folder, names no file
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, str(options.state_dir)) from error
     finally:
         if sigint is not None:  # Tune leaves its SIGINT handler installed after a fit nobody interrupted
             signal.signal(signal.SIGINT, sigint)
+    if (error := searcher.write_error) is not None:  # Optuna's own error names no file
+        raise OSError(error.errno, error.strerror, str(options.state_dir / JOURNAL_FILE)) from error
     return progress.most_at_once
 
 

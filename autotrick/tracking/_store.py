@@ -66,6 +66,9 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 logging.getLogger("alembic").setLevel(logging.WARNING)
+# Its SQL store logs each failed statement's traceback before raising it (a full disk: hundreds of
+# lines); the writer says the failure in one line.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def seed_sqlite_store(uri: str) -> None:

@@ -150,10 +150,19 @@ class SearchTracker:
             return job()
         except Exception as exc:
             _log.debug("MLflow write failed", exc_info=True)
-            self._errors.append(first_line(exc))
+            self._errors.append(first_line(_root_cause(exc)))
             return None
         finally:
             self._seconds += time.thread_time() - started
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """What went wrong underneath: MLflow's exceptions open with its own words ("API request to
+    ... failed with exception HTTPConnectionPool(...)", "(raised as a result of Query-invoked
+    autoflush ...)"); the one they wrap says "Connection refused" or "database or disk is full"."""
+    while (cause := error.__cause__ or (None if error.__suppress_context__ else error.__context__)) is not None:
+        error = cause
+    return error
 
 
 def _written(write: Callable[[SearchLog], None], log: SearchLog) -> bool:
