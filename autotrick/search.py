@@ -63,7 +63,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from autotrick.device import trials_at_once
-from autotrick.errors import ConfigError, first_line
+from autotrick.errors import AutotrickError, ConfigError, first_line
 from autotrick.params import Fixed, Value, suggest_values
 from autotrick.records import Outcome, SearchInfo, SearchResult, TrialRecord
 from autotrick.space import SearchSpace, baseline_values
@@ -140,7 +140,10 @@ def warm_worker() -> None:
     spec = os.environ.get(_PRELOAD_ENV)
     if spec:
         data, _, data_dir = spec.partition("|")
-        load_data(data, data_dir or None)
+        # A data set that cannot be read (a corrupt image): raised here, it kills the worker with a
+        # traceback; the trial loads it again and its reason names the file.
+        with contextlib.suppress(AutotrickError):
+            load_data(data, data_dir or None)
 
 
 def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, state_dir: str | None) -> None:
