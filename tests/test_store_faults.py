@@ -73,6 +73,7 @@ def test_a_tracking_server_that_dies_mid_search_is_caught_up_by_resume(ray_addre
     assert said[1].endswith("once it is back, resume with `autotrick search --name dying --resume` writes them")
     assert len([line for line in out.splitlines() if line.startswith("trial ")]) == 3  # the trials went on
     assert (workdir / "dying.recipe.yaml").is_file()
+    print(f"the search ended {waited:.1f}s after the server died; its lines: {said}")
     assert waited < 120, f"the search ended {waited:.0f}s after the server died"
 
     with mlflow_server(folder, port):  # the same store, back
@@ -157,7 +158,10 @@ def test_a_disk_that_fills_up_mid_search_stops_it_in_one_line_and_resume_continu
         said = [line for line in err.splitlines() if line.startswith("autotrick:")]
         assert said[-1].startswith("autotrick: error: OSError: [Errno 28] No space left on device: '"), err
         assert said[-1].endswith("': free some space, then run the command again (a search: with --resume)")
-        assert str(folder) in said[-1]  # the file (or the search's folder) it could not write
+        # What it could not write, by when the disk filled: the journal, Tune's state in the search's
+        # folder, or the recipe at the end.
+        named = said[-1].split("No space left on device: '", 1)[1].split("'", 1)[0]
+        assert ".autotrick/full" in named or named.endswith("full.recipe.yaml"), said[-1]
         assert len(said) <= 2  # and the MLflow store's failure, said once, when it failed first
         journal = seen / ".autotrick" / "full" / "optuna.journal"
         lines = journal.read_bytes().split(b"\n")
