@@ -92,7 +92,7 @@ class SearchTracker:
     def search_ended_early(self, status: str, reason: str) -> None:
         """The search stopped before it had results (interrupted: "KILLED"; an error: "FAILED"):
         the parent run ends with that status and the reason as its autotrick.reason tag."""
-        self._jobs.put((_CATCH_UP, lambda log: log.end_early(status, reason)))
+        self._jobs.put((_END, lambda log: log.end_early(status, reason)))  # writes no trial: no catch-up
 
     def close(self, timeout: float | None = None, *, warn: bool = True) -> None:
         """Wait for the queued writes; report a failed one as a warning (`warn`) rather than fail the
@@ -171,7 +171,7 @@ def _written(write: Callable[[SearchLog], None], log: SearchLog) -> bool:
 
 
 # The writer's jobs by phase: a trial's run; the catch-up (the results, which write every trial's
-# run again, or the early end); what follows it at the end (plots, the registry, the parent's end).
+# run again); what follows it at the end (plots, the registry, the parent's end, an early end).
 _TRIAL, _CATCH_UP, _END = "trial", "catch-up", "end"
 
 
