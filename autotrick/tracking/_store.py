@@ -228,15 +228,22 @@ def _tables_and_check(path: Path, mode: str) -> tuple[set[str], str]:
 
 def _check_server(uri: str) -> None:
     """Any HTTP answer will do (the server's own errors are its to say); no answer is refused."""
+    why = server_silence(uri)
+    if why is not None:
+        raise ConfigError(f"--tracking-uri {uri}: no MLflow tracking server answers there ({why}); start it, or "
+                          "pass another --tracking-uri")
+
+
+def server_silence(uri: str) -> str | None:
+    """Why the tracking server at `uri` does not answer within a few seconds; None when it does
+    (any HTTP answer: the server's own errors are its to say)."""
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_SERVER_TIMEOUT_S):
-            return
+            return None
     except urllib.error.HTTPError:
-        return
+        return None
     except (urllib.error.URLError, OSError) as error:
-        why = getattr(error, "reason", error)
-        raise ConfigError(f"--tracking-uri {uri}: no MLflow tracking server answers there ({why}); start it, or "
-                          "pass another --tracking-uri") from None
+        return str(getattr(error, "reason", error))
 
 
 def is_server(uri: str) -> bool:

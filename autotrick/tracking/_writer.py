@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from autotrick.errors import first_line
 from autotrick.records import SearchInfo, SearchResult, TrialRecord
 from autotrick.tracking._runs import SearchLog
-from autotrick.tracking._store import resolve_tracking_uri
+from autotrick.tracking._store import is_server, resolve_tracking_uri, server_silence
 
 if TYPE_CHECKING:
     import torch
@@ -127,6 +127,10 @@ class SearchTracker:
             if (self.missed and phase == _TRIAL) or (given_up and phase == _END):
                 continue  # the catch-up writes these records again
             if self._log is None:  # without a parent run there is nothing to write to: --resume makes it
+                continue
+            if phase == _CATCH_UP and self.missed and is_server(self.tracking_uri) \
+                    and server_silence(self.tracking_uri) is not None:
+                given_up = True  # asked in seconds, not in MLflow's bounded but longer retries
                 continue
             written = self._timed(partial(_written, write, self._log))
             if phase == _CATCH_UP:
