@@ -24,9 +24,11 @@ def write_bytes_atomically(path: str | Path, data: bytes) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(error, OSError) and error.filename is None:  # a write or fsync names no file: the one meant
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
     return path
 

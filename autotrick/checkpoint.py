@@ -15,6 +15,7 @@ that --model names. Nothing is ever downloaded: torchvision's weights come from 
 from __future__ import annotations
 
 import functools
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,9 @@ def read_model_file(path: str | Path, what: str) -> ModelFile:
         raise ConfigError(f"{what} {path}: no such file; expected {expected}")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False, which would run them
+        raise ConfigError(f"{what} {path}: refused: it holds Python objects other than tensors, which loading "
+                          f"would run as code; expected {expected}") from None
     except Exception as error:
         raise ConfigError(f"{what} {path}: cannot be read ({first_line(error)}); expected {expected}") from None
     if isinstance(raw, Mapping) and CHECKPOINT_KEY in raw:

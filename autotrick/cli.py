@@ -27,6 +27,10 @@ def _note_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> bo
     if value and isinstance(ctx.obj, dict):
         ctx.obj[VERBOSE] = True
     return value
+# A file the command could not write (or read), by its cause: what to do about it.
+_WRITE_FAILURES = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (or raise the quota)",
+                   errno.EROFS: "the file system is read-only: write elsewhere (run it in another folder)",
+                   errno.EACCES: "fix the permissions", errno.EPERM: "fix the permissions"}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -47,11 +51,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("autotrick: aborted", err=True)
         sys.exit(130)
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in _WRITE_FAILURES:
             raise
         # What was written stays whole (atomic files; a cut journal line is set aside on the next start).
-        click.echo(f"autotrick: error: {first_line(exc)}: free some space, then run the command again "
-                   "(a search: with --resume)", err=True)
+        click.echo(f"autotrick: error: {first_line(exc)}: {_WRITE_FAILURES[exc.errno]}, then run the command "
+                   "again (a search: with --resume)", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -175,8 +175,6 @@ def read_recipe_file(path: str | Path) -> Recipe:
     if not path.is_file():
         raise ConfigError(f"recipe {path}: no such file; expected a recipe .yaml, runs:/RUN_ID/{RECIPE_FILE} "
                           "or models:/NAME@champion")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise ConfigError(f"recipe {path}: not a text file; expected a recipe .yaml") from None
-    return parse_recipe(text, str(path))
+    from autotrick.userfiles import read_user_text
+
+    return parse_recipe(read_user_text(path, f"recipe {path}", "a recipe .yaml"), str(path))

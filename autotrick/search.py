@@ -61,12 +61,13 @@ from ray.tune.search import Searcher
 from autotrick.cluster import check_address, native_stderr_hidden
 from autotrick.data.size import DataSize
 from autotrick.device import trials_at_once
-from autotrick.errors import ConfigError, first_line
+from autotrick.errors import AutotrickError, ConfigError, first_line
 from autotrick.params import Value
 from autotrick.patience import Patience
 from autotrick.records import Outcome, SearchResult, TrialRecord
 from autotrick.search_options import SearchOptions
 from autotrick.space import SearchSpace
+from autotrick.state import JOURNAL_FILE
 from autotrick.study import (
     BASELINE_KEY,
     OBJECTIVES,
@@ -110,7 +111,10 @@ def warm_worker() -> None:
     spec = os.environ.get(_PRELOAD_ENV)
     if spec:
         data, _, data_dir = spec.partition("|")
-        load_data(data, data_dir or None)
+        # A data set that cannot be read (a corrupt image): raised here, it kills the worker with a
+        # traceback; the trial loads it again and its reason names the file.
+        with contextlib.suppress(AutotrickError):
+            load_data(data, data_dir or None)
 
 
 def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, state_dir: str | None,
@@ -233,6 +237,7 @@ class _TrickSearcher(Searcher):
         self._history: dict[str, list[dict[str, float]]] = {}
         self._step_lrs: dict[str, list[list[float]]] = {}
         self.finished: dict[str, TrialRecord] = {}  # for the progress callback, which runs after
+        self.write_error: OSError | None = None  # the journal could not be written: no more trials
         if existing == 0:
             self.study.enqueue_trial(self._define.baseline_params(), user_attrs={BASELINE_KEY: True})
             enqueue_recipes(self.study, space.domains, space.priors + warm_start.recipes)
@@ -244,8 +249,15 @@ class _TrickSearcher(Searcher):
                               **spec: Any) -> bool:
         return True  # the metric, the mode and the space were given to the constructor
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        trial = self.study.ask()  # an enqueued trial (the baseline, a re-queued one) comes first
+    # Ray documents Searcher.FINISHED (a str) as an answer here; its type hint leaves it out
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
+        if self.write_error is not None:
+            return Searcher.FINISHED
+        try:
+            trial = self.study.ask()  # an enqueued trial (the baseline, a re-queued one) comes first
+        except OSError as error:
+            self.write_error = error
+            return Searcher.FINISHED
         config = self._define(trial)
         self._trials[trial_id], self._configs[trial_id] = trial, config
         return config
@@ -282,8 +294,12 @@ class _TrickSearcher(Searcher):
             error=str(result.get(TRACEBACK, "")), step_lrs=self._step_lrs.pop(trial_id, []),
             measurements={key.removeprefix(_MEASURED): float(v) for key, v in result.items()
                           if key.startswith(_MEASURED)})
-        trial.set_user_attr(RECORD, record.to_dict())  # the study is what a resumed search reads back
-        tell(self.study, trial, record)
+        try:
+            trial.set_user_attr(RECORD, record.to_dict())  # the study is what a resumed search reads back
+            tell(self.study, trial, record)
+        except OSError as error:  # a full disk: raised to Tune, it would log a traceback and go on
+            self.write_error = self.write_error or error  # said after the fit; a resume re-runs the trial
+            return
         self.finished[trial_id] = record
 
     def save(self, checkpoint_path: str) -> None:
@@ -511,7 +527,9 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
             callbacks=[progress],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
-    _fit_keeping_sigint(tuner)
+    _fit_keeping_sigint(tuner, options.state_dir)
+    if (error := searcher.write_error) is not None:  # Optuna's own error names no file
+        raise OSError(error.errno, error.strerror, str(options.state_dir / JOURNAL_FILE)) from error
     return progress.most_at_once
 
 
@@ -539,11 +557,15 @@ def _tune_output(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.CRITICAL)
 
 
-def _fit_keeping_sigint(tuner: tune.Tuner) -> None:
+def _fit_keeping_sigint(tuner: tune.Tuner, state_dir: Path) -> None:
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
         tuner.fit()  # SIGINT (and SIGTERM, SIGHUP: autotrick.signals) stops it gracefully
+    except OSError as error:  # Tune's own state, written under the search's folder, names no file
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, str(state_dir)) from error
     finally:
         if sigint is not None:  # Tune leaves its SIGINT handler installed after a fit nobody interrupted
             signal.signal(signal.SIGINT, sigint)
@@ -600,7 +622,7 @@ def run_seeded(options: SearchOptions, runs: list[SeededRun], on_record: Callabl
                 verbose=2 if options.verbose else 0, log_to_file=False,
                 callbacks=[_SeededProgress(runs, budget.metric, on_record)],
                 failure_config=tune.FailureConfig(max_failures=0)))
-        _fit_keeping_sigint(tuner)
+        _fit_keeping_sigint(tuner, options.state_dir)
 
 
 RUN_KEY = "autotrick.run"

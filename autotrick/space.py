@@ -136,10 +136,9 @@ def load_space(name_or_path: str) -> SearchSpace:
 
 
 def read_space_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file; a search space is a YAML file (see search_spaces/)") from None
+    from autotrick.userfiles import read_user_text
+
+    return read_user_text(path, str(path), "a search space, a YAML file (see search_spaces/)")
 
 
 def space_from_text(text: str, path: Path) -> SearchSpace:

@@ -33,6 +33,9 @@ from autotrick.signals import StopSignals
 from autotrick.trainer import TrainConfig
 
 DEFAULT_SPACE = "quick"
+# The longest the search's end waits for MLflow: each request is bounded (tracking._store), and the
+# writer gives up on the rest once the catch-up fails; this bounds a store that is merely slow.
+_TRACKER_WAIT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,8 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
     # The parent run opens now, while Ray starts (MLflow's import and the store's set-up overlap
     # it), so that a failure from here on ends it FAILED; auto GPUs on a cluster settle once
     # connected, and the device goes on the parent run then.
-    tracker = SearchTracker(options.info(), tracking_uri=options.tracking_uri, resume=options.resume, dataset=data)
+    tracker = SearchTracker(options.info(), tracking_uri=options.tracking_uri, resume=options.resume, dataset=data,
+                            on_failure=lambda line: click.echo(f"autotrick: {line}", err=True))
     progress = _ProgressPrinter(options.info(), verbose=options.verbose)
     click.echo(f"search '{options.name}': {options.space.name} space, {options.train.model} on {options.train.data}, "
                f"{budget.trials} trials x up to {budget.max_epochs} epochs, {budget.metric} ({budget.mode}); "
@@ -292,6 +296,7 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
     def on_started(settled: SearchOptions) -> None:
         if not options.settled:
             tracker.search_settled(settled.info())
+
     deadline = time.monotonic() + options.time_budget_s if options.time_budget_s else None
     confirmed: list[Any] = []  # the confirmation, once made; [None] when it was cut off
     ablated: list[tuple[Any, Recipe]] = []    # (the ablation, the minimal recipe), once made
@@ -345,21 +350,21 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
     except KeyboardInterrupt:  # a signal outside Tune's loop (starting, or a second one)
         done = len(finished_records(options.state_dir, options.name))
         tracker.search_ended_early("KILLED", f"interrupted by {signals.name} after {done} of {budget.trials} trials")
-        tracker.close()
+        tracker.close(_TRACKER_WAIT_S, warn=False)
         click.echo(f"interrupted by {signals.name} after {done} of {budget.trials} trials: {resume_hint}", err=True)
         return signals.exit_code
     except BaseException as error:  # the parent run must not be left RUNNING
         tracker.search_ended_early("FAILED", first_line(error))
-        tracker.close()
+        tracker.close(_TRACKER_WAIT_S, warn=False)
         raise
     if confirmed == [None]:
         cut = f"{len(result.records)} trials finished; the confirmation was cut off"
         tracker.search_ended_early("KILLED", cut)
-        tracker.close()
+        tracker.close(_TRACKER_WAIT_S, warn=False)
         click.echo(f"{cut}: {resume_hint} to confirm the missing seeds", err=True)
         return signals.exit_code
     waited = time.perf_counter()
-    tracker.close()
+    tracker.close(_TRACKER_WAIT_S, warn=False)
     result.timings["logging_wait_s"] = time.perf_counter() - waited  # what MLflow cost the wall time
     result.timings["logging_cpu_s"] = tracker.logging_seconds
     click.echo(_summary(result, output if result.complete else None, tracker.parent_run_id, options.tracking_uri))
@@ -374,6 +379,10 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
     if result.interrupted:
         click.echo(f"interrupted after {len(result.records)} of {budget.trials} trials: {resume_hint}", err=True)
         return signals.exit_code
+    if tracker.missed:  # the journal holds every trial; the store does not
+        click.echo(f"autotrick: error: MLflow store {tracker.tracking_uri} missed records ({tracker.failure}): "
+                   f"once it is back, {resume_hint} writes them", err=True)
+        return 1
     return 0 if result.best is not None else 1
 
 

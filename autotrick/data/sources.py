@@ -31,6 +31,7 @@ from PIL import Image
 from torch import Tensor
 
 from autotrick.data import synthetic
+from autotrick.data.image_file import read_image_file
 from autotrick.data.size import DataSize
 from autotrick.entrypoints import (
     FORMS,
@@ -263,16 +264,6 @@ def folder_listing(folder: str) -> FolderListing:
         raise DataError(f"{name}: no images in {folder}/val/<class>/; {layout}")
     check_classes(name, len({label for _, label in train}))
     return FolderListing(classes, train, val)
-
-
-def read_image_file(path: str, size: int, name: str) -> np.ndarray:
-    """One image file as uint8 (size, size, 3) RGB, resized bilinearly (PIL): both the in-memory
-    and the streamed path read files with this, so they see the same pixels."""
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))  # writable
-    except OSError as error:
-        raise DataError(f"{name}: cannot read image {path}: {error}") from error
 
 
 def _image_folder(folder: str, size: int) -> ImageData:

@@ -36,7 +36,7 @@ from autotrick.data.sources import (
     stats_from_histograms,
     user_splits,
 )
-from autotrick.errors import ConfigError
+from autotrick.errors import ConfigError, DataError
 
 STATS_SAMPLE = 2048
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -138,12 +138,23 @@ class StreamFeed:
 
     def _pass(self, batches: list[list[int]]) -> Iterator[tuple[Tensor, Tensor]]:
         self._batches.batches = batches  # read when the pass's iterator starts, below
-        for images, labels in self.loader:
-            if self.gpu_decode:
-                images = decode_on_gpu(images, self.size.image_size[0], self.device)
-            else:
-                images = images.to(self.device, non_blocking=True)
-            yield images, labels.to(self.device, non_blocking=True)
+        try:
+            for images, labels in self.loader:
+                if self.gpu_decode:
+                    images = decode_on_gpu(images, self.size.image_size[0], self.device)
+                else:
+                    images = images.to(self.device, non_blocking=True)
+                yield images, labels.to(self.device, non_blocking=True)
+        except DataError as error:  # a file a worker could not read: one line, as in memory
+            raise DataError(_worker_message(error)) from None
+
+
+def _worker_message(error: DataError) -> str:
+    """The worker's own message: torch re-raises a worker's exception with the worker's whole
+    traceback as its message, "Caught DataError in DataLoader worker process 0. Original Traceback
+    ...", which ends in the line that says it."""
+    lines = str(error).strip().splitlines()
+    return lines[-1].removeprefix(f"{DataError.__module__}.{DataError.__qualname__}: ") if lines else ""
 
 
 @functools.lru_cache(maxsize=2)

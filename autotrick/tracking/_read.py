@@ -19,6 +19,7 @@ from autotrick.tracking._store import (
     resolve_tracking_uri,
     search_names,
 )
+from autotrick.userfiles import read_user_text
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -79,7 +80,7 @@ def _artifact_text(client: MlflowClient, run_id: str, path: str, ref: str, uri: 
         raise ConfigError(f"{ref}: run '{run.info.run_name}' ({run_id}) has no artifact '{path}'; "
                           f"expected the recipe of {kind} (artifacts there: {', '.join(present) or 'none'})")
     with tempfile.TemporaryDirectory() as tmp:
-        return Path(client.download_artifacts(run_id, path, tmp)).read_text()
+        return read_user_text(client.download_artifacts(run_id, path, tmp), ref, "a recipe .yaml")
 
 
 def _model_run_id(client: MlflowClient, ref: str, uri: str) -> str:

@@ -57,6 +57,7 @@ from autotrick.tracking._store import (
     TAG_REASON,
     TAG_ROLE,
     TAG_SEARCH,
+    TAG_SEARCH_RUN,
     TAG_TRIAL,
     all_runs,
     experiment_for,
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     import torch
     from mlflow import MlflowClient
     from mlflow.entities import DatasetInput, Metric, Param
+    from mlflow.entities.model_registry import ModelVersion
 
     from autotrick.data import ImageData
     from autotrick.recipe import Recipe
@@ -321,36 +323,57 @@ class SearchLog:
         if study is not None:
             self.client.log_text(self.parent_id, interactive_html(study, target), "plots/interactive.html")
 
+    def _registered_version(self, name: str, identity: dict[str, str]) -> ModelVersion | None:
+        """The version of `name` registered for this search and trial, if a session did it already."""
+        where = f"name = '{name}' and " + " and ".join(tag_filter(key, value) for key, value in identity.items())
+        found = self.client.search_model_versions(where)
+        return min(found, key=lambda version: int(version.version)) if found else None
+
+    def _link_validation_metrics(self, best: TrialRecord, run_id: str, model_id: str | None) -> None:
+        """The values the model was chosen by, under the run's names for them (not as new curve
+        points), linked to the logged model."""
+        last = best.history[-1] if best.history else {}
+        validation = {f"final_{key}": last[key] for key in ("val_accuracy", "val_loss") if key in last}
+        dataset = self.inputs[1].dataset if len(self.inputs) > 1 else None
+        linked = [_linked_metric(m, model_id=model_id, dataset=dataset)
+                  for m in _metrics(validation, _now_ms(), step=best.epochs)]
+        _log_batch(self.client, run_id, metrics=linked)
+
     def register(self, best: TrialRecord, name: str, model: torch.nn.Module,
                  example: torch.Tensor | None, result: SearchResult | None = None, *,
                  alias: str | None = None) -> None:
         """The best trial's model, logged on its run with its signature, input example and
-        validation metrics, registered under `name` as the champion (or `alias`: a winner not
-        confirmed beyond seed noise never moves the champion), and described."""
+        validation metrics, registered under `name` (once: see below), and described. The version
+        takes the champion alias (or `alias`: a winner not confirmed beyond seed noise never moves
+        the champion) once it is READY."""
         import mlflow
         import mlflow.pytorch
 
         run_id = self._child_id(best)
         if run_id is None:
             raise RuntimeError(f"trial {best.number} has no run to log its model on")
-        with fluent_api_on(self.tracking_uri, self.experiment_id):
-            logged = mlflow.pytorch.log_model(
-                model, name="model", run_id=run_id, registered_model_name=name,
-                # pickle takes any nn.Module; "pt2" (torch.export) fails on data-dependent code.
-                serialization_format="pickle",
-                # given requirements spare MLflow seconds of inferring them in a subprocess
-                pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
-                params={key: display_value(value) for key, value in best.values.items() if value is not None},
-                **_example_kwargs(model, example))
-        version = str(logged.registered_model_version)
+        # Once per search and trial, across kills and resumes: the version carries their identity,
+        # and a resume that finds it (a kill cut the registration after it) does not register again.
+        identity = {TAG_SEARCH_RUN: self.parent_id, TAG_TRIAL: str(best.number)}
+        registered = self._registered_version(name, identity)
+        if registered is None:
+            with fluent_api_on(self.tracking_uri, self.experiment_id):
+                logged = mlflow.pytorch.log_model(
+                    model, name="model", run_id=run_id,
+                    # pickle takes any nn.Module; "pt2" (torch.export) fails on data-dependent code.
+                    serialization_format="pickle",
+                    # given requirements spare MLflow seconds of inferring them in a subprocess
+                    pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+                    params={key: display_value(value) for key, value in best.values.items() if value is not None},
+                    **_example_kwargs(model, example))
+                registered = mlflow.register_model(logged.model_uri, name, tags=identity)
+            self._link_validation_metrics(best, run_id, logged.model_id)
+        version = str(registered.version)
+        status = self.client.get_model_version(name, version).status
+        if status != "READY":  # the alias moves only to a whole version
+            raise RuntimeError(f"model version {name} {version} is {status}, not READY: the {alias or CHAMPION} "
+                               "alias stays")
         self.client.set_registered_model_alias(name, alias or CHAMPION, version)
-        last = best.history[-1] if best.history else {}
-        # the values the model was chosen by, under the run's names for them (not as new curve points)
-        validation = {f"final_{key}": last[key] for key in ("val_accuracy", "val_loss") if key in last}
-        dataset = self.inputs[1].dataset if len(self.inputs) > 1 else None
-        linked = [_linked_metric(m, model_id=logged.model_id, dataset=dataset)
-                  for m in _metrics(validation, _now_ms(), step=best.epochs)]
-        _log_batch(self.client, run_id, metrics=linked)
         if result is not None:
             note = model_note(best, result)[:_MAX_TAG_CHARS]
             self.client.update_registered_model(name, description=note)

@@ -36,6 +36,7 @@ TAG_BEST = "autotrick.best"
 TAG_BEST_RUN = "autotrick.best_run_id"
 TAG_IMPORTANCE = "autotrick.importance"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_SEARCH_RUN = "autotrick.search_run_id"  # on a model version: the search (parent run) that registered it
 TAG_NOTE = "mlflow.note.content"  # the run's (or experiment's) description in the MLflow UI
 
 
@@ -56,7 +57,18 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # setLevel made before it: the variable is what holds. setLevel covers an mlflow imported already.
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 logging.getLogger("mlflow").setLevel(logging.WARNING)
+# A tracking server that stops answering must not hold a search for minutes: MLflow retries each
+# request 7 times with a doubling backoff (about 4 minutes) and waits 120 s for an answer. Three
+# tries within a few seconds, and 30 s for an answer, say "gone" soon enough; the search's end
+# tries again anyway. Its "🏃 View run ... at: URL" lines would fall among the trial lines.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 logging.getLogger("alembic").setLevel(logging.WARNING)
+# Its SQL store logs each failed statement's traceback before raising it (a full disk: hundreds of
+# lines); the writer says the failure in one line.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def seed_sqlite_store(uri: str) -> None:
@@ -216,15 +228,22 @@ def _tables_and_check(path: Path, mode: str) -> tuple[set[str], str]:
 
 def _check_server(uri: str) -> None:
     """Any HTTP answer will do (the server's own errors are its to say); no answer is refused."""
+    why = server_silence(uri)
+    if why is not None:
+        raise ConfigError(f"--tracking-uri {uri}: no MLflow tracking server answers there ({why}); start it, or "
+                          "pass another --tracking-uri")
+
+
+def server_silence(uri: str) -> str | None:
+    """Why the tracking server at `uri` does not answer within a few seconds; None when it does
+    (any HTTP answer: the server's own errors are its to say)."""
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_SERVER_TIMEOUT_S):
-            return
+            return None
     except urllib.error.HTTPError:
-        return
+        return None
     except (urllib.error.URLError, OSError) as error:
-        why = getattr(error, "reason", error)
-        raise ConfigError(f"--tracking-uri {uri}: no MLflow tracking server answers there ({why}); start it, or "
-                          "pass another --tracking-uri") from None
+        return str(getattr(error, "reason", error))
 
 
 def is_server(uri: str) -> bool:
