@@ -19,7 +19,7 @@ The coverage is split so that the module finishes well inside CI's time on a 2-c
   classes at a small width and depth (ConvNeXt, DenseNet, EfficientNet and EfficientNetV2,
   MaxViT, RegNet, Swin and SwinV2, ViT: their smallest builders take 10-150 s a case here).
   AlexNet and VGG, whose fixed 4096-wide heads make 57M and 133M parameters, have the structural
-  sweep and the dropout-placement test (tests/test_tricks_model.py); their norms are plain
+  sweep and the dropout-placement test (tests/test_tricks_dropout.py); their norms are plain
   BatchNorm2d in a Sequential, as in many models here. Eight cases apply one value of every
   model-side trick each, as `prepare_model` does, so that together they cover each norm type,
   each initializer, dropout, pruning, and all of them at once (the heaviest models run two), and
