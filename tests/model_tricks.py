@@ -1,4 +1,4 @@
-"""What the model-side tricks' tests share: one torch thread, the notes a trick said, two small models."""
+"""What the model-side tricks' tests share: one torch thread, the notes a trick said, three small models."""
 
 import warnings
 from collections.abc import Iterator
@@ -23,6 +23,12 @@ def one_thread() -> Iterator[None]:
 def small_cnn() -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+
+
+def convnet() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
 
 
 def mlp() -> nn.Sequential:  # BatchNorm1d on (N, C) vectors
