@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from model_tricks import convnet
 from torch import Tensor, nn
 
 from autotrick.apply import apply_tricks, prepare_trained
@@ -26,27 +27,6 @@ from autotrick.tricks.pruning import (
 from autotrick.tricks.reparam import remove_reparametrizations, reparametrize
 
 torch.set_num_threads(2)
-
-
-def convnet() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-
-
-def train(model: nn.Module, steps: int, lr: float = 0.05) -> None:
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        x = torch.randn(8, 3, 8, 8, generator=generator)
-        loss = F.cross_entropy(model(x), torch.arange(8) % 10)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-
-def sigma_max(weight: torch.Tensor) -> float:
-    return torch.linalg.matrix_norm(weight.detach().flatten(1), ord=2).item()
 
 
 # --- magnitude pruning to a ratio -------------------------------------------------------------------------------------
