@@ -1,10 +1,12 @@
-"""The optimizers (tricks/optim.py): LARS and LAMB against their formulas, with real torch (nothing mocked)."""
+"""The optimizers (tricks/optim.py): parameter groups, weight decay and L1, every optimizer stepping, and LARS /
+LAMB against their formulas, with real torch (nothing mocked)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from autotrick.tricks.optim import build_optimizer
+from autotrick.tricks.optim import OPTIMIZERS, build_optimizer, l1_penalty
 
 torch.set_num_threads(2)
 
@@ -73,3 +75,70 @@ def test_lars_momentum_carries_the_adapted_update() -> None:
         buffers.append(update if not buffers else 0.9 * buffers[-1] + update)
         optimizer.step()
         torch.testing.assert_close(model[0].weight.detach(), w - 0.1 * buffers[-1], rtol=1e-5, atol=1e-8)
+
+
+def small_convnet() -> nn.Sequential:
+    frozen = nn.Linear(3, 3)
+    frozen.requires_grad_(False)
+    # LayerNorm over (C, H, W) has 3-d parameters: exempt for being a norm's, not for being 1-d.
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.LayerNorm([4, 6, 6]), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 6 * 6, 3), frozen)
+
+
+def ids(params: list[Tensor]) -> set[int]:
+    return {id(p) for p in params}
+
+
+def test_no_decay_bias_norm_groups() -> None:
+    model = small_convnet()
+    conv, bn, ln, linear = model[0], model[1], model[2], model[5]
+    optimizer = build_optimizer(model, name="sgd", lr=0.1, weight_decay=0.01, no_decay_bias_norm=True)
+    by_decay = {g["weight_decay"]: ids(g["params"]) for g in optimizer.param_groups}
+    assert by_decay == {
+        0.01: ids([conv.weight, linear.weight]),
+        0.0: ids([conv.bias, bn.weight, bn.bias, ln.weight, ln.bias, linear.bias]),
+    }
+
+
+def test_without_the_exemption_every_trainable_parameter_decays() -> None:
+    model = small_convnet()
+    (group,) = build_optimizer(model, name="adamw", lr=1e-3, weight_decay=0.05).param_groups
+    assert group["weight_decay"] == 0.05
+    assert ids(group["params"]) == ids([p for p in model.parameters() if p.requires_grad])
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_builds_and_steps(name: str) -> None:
+    torch.manual_seed(0)
+    model = small_convnet()
+    optimizer = build_optimizer(model, name=name, lr=0.01, weight_decay=1e-4, no_decay_bias_norm=True,
+                                l1=1e-5)
+    before = model[0].weight.detach().clone()
+    model(torch.randn(4, 1, 8, 8)).square().mean().backward()
+    optimizer.step()
+    assert not torch.equal(model[0].weight, before)
+    assert optimizer.param_groups[0]["lr"] == 0.01
+
+
+def test_adam_is_l2_and_adamw_decoupled() -> None:
+    model = nn.Linear(2, 2)
+    assert type(build_optimizer(model, name="adam", lr=1e-3, weight_decay=0.1)) is torch.optim.Adam
+    assert type(build_optimizer(model, name="adamw", lr=1e-3, weight_decay=0.1)) is torch.optim.AdamW
+
+
+def test_nesterov_without_momentum_is_off() -> None:
+    optimizer = build_optimizer(nn.Linear(2, 2), name="sgd", lr=0.1, momentum=0.0, nesterov=True)
+    assert optimizer.param_groups[0]["nesterov"] is False
+    optimizer = build_optimizer(nn.Linear(2, 2), name="sgd", lr=0.1, momentum=0.9, nesterov=True)
+    assert optimizer.param_groups[0]["nesterov"] is True
+
+
+def test_l1_penalty_is_l1_times_the_sum_of_absolute_weights() -> None:
+    model = small_convnet()
+    conv, linear, frozen = model[0], model[5], model[6]
+    expected = 1e-3 * sum(float(w.detach().abs().sum()) for w in (conv.weight, linear.weight, frozen.weight))
+    penalty = l1_penalty(model, 1e-3)
+    assert isinstance(penalty, Tensor) and penalty.item() == pytest.approx(expected, rel=1e-5)
+    penalty.backward()
+    torch.testing.assert_close(conv.weight.grad, 1e-3 * conv.weight.sign())
+    assert l1_penalty(model, 0.0) == 0.0
