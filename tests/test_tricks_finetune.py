@@ -13,7 +13,7 @@ from autotrick.checkpoint import build_initial_model, save_checkpoint
 from autotrick.cli import main
 from autotrick.errors import ConfigError
 from autotrick.space import resolve_values
-from autotrick.tricks.finetune import layers, load_pretrained
+from autotrick.tricks.finetune import layers, load_pretrained, replace_head
 
 torch.set_num_threads(2)
 
@@ -129,3 +129,23 @@ def test_train_from_weights_on_the_command_line(tmp_path: Path, monkeypatch: pyt
     out, err = capsys.readouterr()
     assert exited.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "--weights" in err and "missing.pt: no such file" in err
+
+
+def test_finetune_trains_squeezenets_conv_head_which_it_used_to_refuse() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.squeezenet1_1(num_classes=7)
+    values = resolve_values({"finetune.freeze_epochs": 1, "finetune.head_lr_mult": 4.0}, "test")
+    setup = apply_tricks(values, model, num_classes=7, steps_per_epoch=1, epochs=2, example=torch.randn(2, 3, 64, 64))
+    head = setup.model.classifier[1]
+    assert setup.head == [head]
+    assert all(p.requires_grad for p in head.parameters())
+    assert not any(p.requires_grad for p in setup.model.features.parameters())  # frozen in epoch 0
+    lrs = [g["lr"] for g in setup.optimizer.param_groups]
+    assert max(lrs) == 4.0 * min(lrs)
+
+
+def test_a_new_head_replaces_a_conv_classifier_too() -> None:
+    model = torchvision.models.squeezenet1_1(num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    model = replace_head(model, 3, x)
+    assert model(x).shape == (2, 3)

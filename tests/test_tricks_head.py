@@ -8,9 +8,6 @@ import torch
 import torchvision
 from torch import nn
 
-from autotrick.apply import apply_tricks
-from autotrick.space import resolve_values
-from autotrick.tricks.finetune import replace_head
 from autotrick.tricks.head import classifier, module_paths, replace_module
 
 
@@ -43,23 +40,3 @@ def test_a_module_is_replaced_at_every_path_and_as_the_model_itself() -> None:
     assert replace_module(model, shared, new) is model
     assert model[0] is new and model[2][0] is new
     assert replace_module(shared, shared, new) is new
-
-
-def test_finetune_trains_squeezenets_conv_head_which_it_used_to_refuse() -> None:
-    torch.manual_seed(0)
-    model = torchvision.models.squeezenet1_1(num_classes=7)
-    values = resolve_values({"finetune.freeze_epochs": 1, "finetune.head_lr_mult": 4.0}, "test")
-    setup = apply_tricks(values, model, num_classes=7, steps_per_epoch=1, epochs=2, example=torch.randn(2, 3, 64, 64))
-    head = setup.model.classifier[1]
-    assert setup.head == [head]
-    assert all(p.requires_grad for p in head.parameters())
-    assert not any(p.requires_grad for p in setup.model.features.parameters())  # frozen in epoch 0
-    lrs = [g["lr"] for g in setup.optimizer.param_groups]
-    assert max(lrs) == 4.0 * min(lrs)
-
-
-def test_a_new_head_replaces_a_conv_classifier_too() -> None:
-    model = torchvision.models.squeezenet1_1(num_classes=10)
-    x = torch.randn(2, 3, 64, 64)
-    model = replace_head(model, 3, x)
-    assert model(x).shape == (2, 3)
