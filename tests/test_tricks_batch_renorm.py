@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torchvision
-from model_tricks import convnet
+from helpers import convnet
 from torch import nn
 
 from autotrick.apply import apply_tricks

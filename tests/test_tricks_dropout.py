@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from model_tricks import mlp, one_thread, said  # noqa: F401  (one_thread: autouse)
+from helpers import mlp, one_thread, said  # noqa: F401  (one_thread: autouse)
 from torch import Tensor, nn
 from torchvision.models import resnet18
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from model_tricks import one_thread, said, small_cnn  # noqa: F401  (one_thread: autouse)
+from helpers import one_thread, said, small_cnn  # noqa: F401  (one_thread: autouse)
 from torch import Tensor, nn
 from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock

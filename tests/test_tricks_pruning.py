@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from model_tricks import convnet
+from helpers import convnet
 from torch import Tensor, nn
 
 from autotrick.apply import apply_tricks, prepare_trained

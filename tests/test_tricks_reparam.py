@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from model_tricks import convnet
+from helpers import convnet
 from torch import nn
 from torch.nn.utils import parametrize
 

@@ -1,4 +1,5 @@
-"""What the model-side tricks' tests share: one torch thread, the notes a trick said, three small models."""
+"""The helpers several test files share, so that each is written once: one torch thread, three small models
+and the notes a trick said."""
 
 import warnings
 from collections.abc import Iterator
@@ -37,3 +38,4 @@ def mlp() -> nn.Sequential:  # BatchNorm1d on (N, C) vectors
 
 def said(caught: list[warnings.WarningMessage]) -> str:
     return " | ".join(str(w.message) for w in caught if issubclass(w.category, TrickNote))
+
