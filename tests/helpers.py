@@ -1,5 +1,5 @@
-"""The helpers several test files share, so that each is written once: one torch thread, three small models
-and the notes a trick said."""
+"""The helpers several test files share, so that each is written once: one torch thread, three small models,
+the notes a trick said, and a ConfigError's one-line message."""
 
 import warnings
 from collections.abc import Iterator
@@ -39,3 +39,8 @@ def mlp() -> nn.Sequential:  # BatchNorm1d on (N, C) vectors
 def said(caught: list[warnings.WarningMessage]) -> str:
     return " | ".join(str(w.message) for w in caught if issubclass(w.category, TrickNote))
 
+
+def one_line(error: pytest.ExceptionInfo[Exception]) -> str:
+    message = str(error.value)
+    assert "\n" not in message  # the CLI prints it as-is
+    return message
