@@ -346,7 +346,9 @@ def _start_ray(options: SearchOptions) -> bool:
     quiet = native_stderr_hidden() if options.address and not options.verbose else contextlib.nullcontext()
     try:
         with quiet:
-            ray.init(address=options.address, num_cpus=None if options.address else options.num_cpus,
+            # "local": a Ray of our own, whatever `ray start` left on the machine (a live cluster, or
+            # the address file of a dead one, on which address=None would hang).
+            ray.init(address=options.address or "local", num_cpus=None if options.address else options.num_cpus,
                      include_dashboard=False, log_to_driver=options.verbose,
                      logging_level=logging.INFO if options.verbose else logging.ERROR,
                      runtime_env={"worker_process_setup_hook": "autotrick.search.warm_worker",

@@ -267,6 +267,10 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
     resume_hint = f"resume with `autotrick search --name {options.name} --resume`"
 
     def on_started(settled: SearchOptions) -> None:
+        if settled.address:  # which cluster the trials run on, before any of them starts
+            from autotrick.nodes import describe_cluster
+
+            click.echo(f"joined the Ray cluster at {settled.address}: {describe_cluster()}")
         if not options.settled:
             tracker.search_settled(settled.info())
 
