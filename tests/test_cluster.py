@@ -4,15 +4,18 @@ without --address next to a `ray start` (live, or killed and its address file le
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import free_port, ray_cli, stop_processes_under
+from conftest import TwoNodes, free_port, ray_cli, stop_processes_under, two_nodes
+from test_data import image_folder
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +65,105 @@ def test_a_search_without_address_starts_its_own_ray_beside_a_dead_or_live_ray_s
     assert beside_live.returncode == 0, beside_live.stdout + beside_live.stderr
     assert sum(line.startswith("trial ") for line in beside_live.stdout.splitlines()) == 2
     assert "joined the Ray cluster" not in beside_live.stdout
+
+
+def cluster_search(folder: Path, address: str, name: str, *args: str, timeout: float = 300
+                   ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autotrick", "search", "--address", address, "--name", name,
+                           "--trials", "2", "--max-epochs", "1", "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
+                           *args], cwd=folder, capture_output=True, text=True, timeout=timeout)
+
+
+NET = """
+import torch.nn as nn
+
+
+def build(num_classes, in_channels):
+    return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(in_channels * 16, num_classes))
+"""
+
+
+@dataclass
+class Cluster:
+    nodes: TwoNodes
+    folder: Path  # the driver's working folder: empty on the worker node
+    shared: Path  # a folder at the same path on both nodes
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One two-node cluster for this module's searches (each starts in ~20 s on 2 cores)."""
+    folder, shared = tmp_path_factory.mktemp("driver"), tmp_path_factory.mktemp("shared")
+    (folder / "mynet.py").write_text(NET)
+    (folder / "mymod.py").write_text(NET)
+    with two_nodes(folder) as nodes:
+        yield Cluster(nodes, folder, shared)
+
+
+def trial_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("trial ")]
+
+
+def test_a_model_file_and_weights_reach_trials_on_another_node_and_the_best_model_is_registered(
+        cluster: Cluster) -> None:
+    """Every trial runs on the worker node, whose disk has neither the driver's model file, its
+    weights file nor its .autotrick folder: the files go to the trials, and the trained models come
+    back to the driver's disk, so --register registers the best."""
+    import torch
+
+    from autotrick.entrypoints import load_callable
+
+    build = load_callable(f"{cluster.folder}/mynet.py:build", "model")
+    torch.save(build(10, 1).state_dict(), cluster.folder / "start.pt")
+    done = cluster_search(cluster.folder, cluster.nodes.address, "shared-nothing", "--model", "mynet.py:build",
+                          "--weights", "start.pt", "--register", "far-model")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "joined the Ray cluster at" in done.stdout and "2 nodes, 2 CPUs" in done.stdout
+    lines = trial_lines(done.stdout)
+    assert len(lines) == 2 and not any(" failed " in line for line in lines), done.stdout
+    from autotrick.tracking import load_model
+
+    model = load_model("models:/far-model@champion", tracking_uri=f"sqlite:///{cluster.folder}/mlflow.db")
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_a_module_of_the_driver_folder_trains_on_an_image_folder_that_every_node_has(cluster: Cluster) -> None:
+    images = image_folder(cluster.shared / "pets", {"train": 4, "val": 2})
+    done = cluster_search(cluster.folder, cluster.nodes.address, "module-images", "--model", "mymod:build",
+                          "--data", f"imagefolder:{images}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = trial_lines(done.stdout)
+    assert len(lines) == 2 and not any(" failed " in line for line in lines), done.stdout
+
+
+def test_an_image_folder_on_the_driver_only_is_refused_in_one_line_naming_the_node(cluster: Cluster) -> None:
+    images = image_folder(cluster.folder / "local-pets", {"train": 4, "val": 2})
+    done = cluster_search(cluster.folder, cluster.nodes.address, "driver-only", "--data", f"imagefolder:{images}")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert not trial_lines(done.stdout)
+    [line] = done.stderr.strip().splitlines()
+    node = r"not on the Ray node \S+ \([0-9a-f]{8}\), where trials run;"
+    assert re.match(f"autotrick: error: {re.escape(str(images))}: {node}", line), line
+    assert "same path on every node" in line
+
+
+def test_a_registration_that_fails_makes_the_exit_code_non_zero_and_is_said_on_the_parent_run(
+        ray_address: str, workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The driver finds no trained model (as on a cluster before its models came back)."""
+    import autotrick.search
+    from autotrick.commands import SearchRequest, run_search_command
+
+    monkeypatch.setattr(autotrick.search, "saved_model_path", lambda state_dir, number: workdir / "nowhere.pt")
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    code = run_search_command(SearchRequest(name="unregistered", trials=2, max_epochs=1, register="lost",
+                                            tracking_uri=uri))
+    assert code == 1
+    assert "autotrick: error: --register lost: trial 0's trained model did not reach the driver; nothing registered" \
+        in capsys.readouterr().err
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    [parent] = [run for run in client.search_runs([client.get_experiment_by_name("unregistered").experiment_id])
+                if run.data.tags.get("autotrick.role") == "parent"]
+    assert "nothing registered" in parent.data.tags["autotrick.reason"] and parent.info.status == "FINISHED"
+    assert not client.search_registered_models()

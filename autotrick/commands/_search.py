@@ -284,10 +284,7 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
         if recipe is not None:
             recipe.write(output)
         model = _best_model(options, result.best) if options.register and recipe else None
-        if options.register and recipe and model is None:
-            click.echo(f"warning: --register {options.register}: trial {result.best.number}'s weights were "  # type: ignore[union-attr]
-                       "not saved; nothing registered", err=True)
-        tracker.search_finished(result, recipe, model=model, register_name=options.register,
+        tracker.search_finished(result, recipe, model=model, register_name=options.register if recipe else None,
                                 example_input=_example_input(data, options) if model is not None else None)
 
     try:
@@ -310,6 +307,9 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
     if result.interrupted:
         click.echo(f"interrupted after {len(result.records)} of {budget.trials} trials: {resume_hint}", err=True)
         return signals.exit_code
+    if tracker.registration_error:  # said on the parent run too
+        click.echo(f"autotrick: error: {tracker.registration_error}", err=True)
+        return 1
     return 0 if result.best is not None else 1
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from autotrick.errors import first_line
 from autotrick.records import SearchInfo, SearchResult, TrialRecord
 from autotrick.tracking._runs import SearchLog
-from autotrick.tracking._store import resolve_tracking_uri
+from autotrick.tracking._store import TAG_REASON, resolve_tracking_uri
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +45,7 @@ class SearchTracker:
         self._errors: list[str] = []
         self._seconds = 0.0
         self._closed = False
+        self.registration_error: str | None = None  # why --register registered nothing
         self._thread = threading.Thread(target=self._write, args=(resume, dataset), name="autotrick-mlflow",
                                         daemon=True)
         self._thread.start()
@@ -80,9 +81,24 @@ class SearchTracker:
         self._jobs.put(lambda log: log.log_results(result, recipe))
         self._jobs.put(lambda log: log.log_plots(result))
         best = result.best
-        if best is not None and register_name and model is not None:
-            self._jobs.put(lambda log: log.register(best, register_name, model, example_input, result))
+        if best is not None and register_name:
+            self._jobs.put(lambda log: self._register(log, best, register_name, model, example_input, result))
         self._jobs.put(lambda log: log.end(result.interrupted))
+
+    def _register(self, log: SearchLog, best: TrialRecord, name: str, model: torch.nn.Module | None,
+                  example_input: torch.Tensor | None, result: SearchResult) -> None:
+        """Register the best model; a failure (no model, a store that refuses it) is said on the
+        parent run and kept in `registration_error`, which makes the search's exit code non-zero."""
+        if model is None:
+            why = f"trial {best.number}'s trained model did not reach the driver"
+        else:
+            try:
+                log.register(best, name, model, example_input, result)
+                return
+            except Exception as error:
+                why = first_line(error)
+        self.registration_error = f"--register {name}: {why}; nothing registered"
+        log.client.set_tag(log.parent_id, TAG_REASON, self.registration_error)
 
     def search_ended_early(self, status: str, reason: str) -> None:
         """The search stopped before it had results (interrupted: "KILLED"; an error: "FAILED"):
