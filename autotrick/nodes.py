@@ -5,11 +5,15 @@ only modules that do): search.py runs the search, this module knows about nodes.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from autotrick.errors import ConfigError
 
 
 def alive_nodes() -> list[dict[str, Any]]:
@@ -74,3 +78,31 @@ def nodes_lacking(paths: list[str], env_vars: dict[str, str], timeout_s: float =
 def node_name(node: dict[str, Any]) -> str:
     """A node as a user finds it: its address, and its id's start (two nodes may share an address)."""
     return f"{node.get('NodeManagerAddress', '?')} ({str(node.get('NodeID', ''))[:8]})"
+
+
+def _fits(node: dict[str, Any], cpus: float, gpus: float) -> bool:
+    resources = node.get("Resources", {})
+    return float(resources.get("CPU", 0.0)) >= cpus and float(resources.get("GPU", 0.0)) >= gpus
+
+
+def wait_for_a_node(cpus: float, gpus: float, *, wait_s: float | None, say: Callable[[str], None]) -> None:
+    """Ray keeps a trial that no node can hold pending, without a word: say what a trial waits for
+    and what the cluster has, then wait for a node that fits (an autoscaler, or a user's
+    `ray start`, may add one) or stop after `wait_s` seconds (None: wait until interrupted)."""
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    need = f"{cpus:g} CPU{'s' * (cpus != 1)}" + (f" and {gpus:g} GPU{'s' * (gpus != 1)}" if gpus else "")
+    said = False
+    while not any(_fits(node, cpus, gpus) for node in alive_nodes()):
+        if deadline is not None and time.monotonic() >= deadline:
+            waited = f" after waiting {wait_s:g} s" if wait_s else ""
+            raise ConfigError(f"no Ray node can run a trial{waited}: each asks {need}, and the cluster has "
+                              f"{describe_cluster()}; add a node with `ray start --address=...`, or ask less "
+                              "with --cpus-per-trial / --gpus-per-trial")
+        if not said:
+            until = (f"stopping after {wait_s:g} s" if wait_s is not None else
+                     "until a node joins (Ctrl-C stops; --wait-for-resources SECONDS stops by itself)")
+            say(f"waiting for a Ray node that can run a trial ({need}): the cluster has {describe_cluster()}; {until}")
+            said = True
+        time.sleep(1.0)
+    if said:
+        say(f"a node that can run a trial has joined: the cluster has {describe_cluster()}")

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -62,7 +63,7 @@ from autotrick.cluster import check_address, native_stderr_hidden
 from autotrick.data.size import DataSize
 from autotrick.device import trials_at_once
 from autotrick.errors import ConfigError, first_line
-from autotrick.nodes import model_sink, nodes_lacking, send_model
+from autotrick.nodes import model_sink, nodes_lacking, send_model, wait_for_a_node
 from autotrick.params import Value
 from autotrick.records import Outcome, SearchResult, TrialRecord
 from autotrick.search_options import SearchOptions
@@ -415,6 +416,9 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
     try:
         options = _settle_gpus(options)
         _check_gpus(options)
+        # A local Ray has no node to wait for: what it lacks, it lacks now.
+        wait_for_a_node(options.cpus_per_trial, options.gpus_per_trial or 0.0,
+                        wait_s=options.wait_for_resources_s if options.address else 0.0, say=_say)
         if options.address:
             _check_data_on_nodes(options)
         if on_started is not None:
@@ -468,6 +472,10 @@ def _settle_gpus(options: SearchOptions) -> SearchOptions:
     if options.settled:
         return options
     return options.with_gpus(1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
+
+
+def _say(line: str) -> None:
+    print(f"autotrick: {line}", file=sys.stderr, flush=True)
 
 
 def _check_data_on_nodes(options: SearchOptions) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import TwoNodes, free_port, ray_cli, stop_processes_under, two_nodes
+from conftest import TwoNodes, free_port, ray_cli, ray_head, stop_processes_under, two_nodes
 from test_data import image_folder
 
 pytestmark = pytest.mark.slow
@@ -167,3 +167,39 @@ def test_a_registration_that_fails_makes_the_exit_code_non_zero_and_is_said_on_t
                 if run.data.tags.get("autotrick.role") == "parent"]
     assert "nothing registered" in parent.data.tags["autotrick.reason"] and parent.info.status == "FINISHED"
     assert not client.search_registered_models()
+
+
+def test_a_cluster_without_a_node_for_a_trial_says_so_and_waits_for_one_or_stops(
+        workdir: Path, ray_tmpdir: str) -> None:
+    """A head with no CPU for trials: the search says what a trial waits for and what the cluster
+    has, and either stops after --wait-for-resources or goes on once a node with CPUs joins
+    (before, it printed its header and then nothing)."""
+    command = [sys.executable, "-m", "autotrick", "search", "--address", "ADDRESS", "--trials", "2",
+               "--max-epochs", "1", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"]
+    has = "the cluster has 1 node, 0 CPUs, 0 GPUs"
+    with ray_head(num_cpus=0) as address:
+        command[command.index("ADDRESS")] = address
+        stopped = subprocess.run([*command, "--name", "no-cpus", "--wait-for-resources", "3"], cwd=workdir,
+                                 capture_output=True, text=True, timeout=240)
+        assert stopped.returncode == 2, stopped.stdout + stopped.stderr
+        lines = stopped.stderr.strip().splitlines()
+        assert len(lines) == 2, stopped.stderr
+        notice, error = lines
+        assert notice.startswith(f"autotrick: waiting for a Ray node that can run a trial (1 CPU): {has}")
+        assert notice.endswith("; stopping after 3 s")
+        assert error.startswith(f"autotrick: error: no Ray node can run a trial after waiting 3 s: each asks 1 CPU, "
+                                f"and {has}")
+
+        waiting = subprocess.Popen([*command, "--name", "waits"], cwd=workdir, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        assert waiting.stderr is not None
+        notice = waiting.stderr.readline().rstrip()
+        assert notice.startswith(f"autotrick: waiting for a Ray node that can run a trial (1 CPU): {has}")
+        assert notice.endswith("until a node joins (Ctrl-C stops; --wait-for-resources SECONDS stops by itself)")
+        subprocess.run([ray_cli(), "start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                        f"--temp-dir={ray_tmpdir}", "--disable-usage-stats"], check=True, capture_output=True,
+                       timeout=180)
+        out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, out + err
+    assert "a node that can run a trial has joined: the cluster has 2 nodes, 1 CPUs" in err
+    assert len(trial_lines(out)) == 2

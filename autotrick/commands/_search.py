@@ -52,6 +52,7 @@ class SearchRequest:
     num_cpus: int | None = None  # a local Ray's CPUs (tests and benchmarks pin 2)
     data_mode: str | None = None  # memory | stream | auto (the default: by size)
     weights: str | None = None  # the model starts from these: a file, models:/ or runs:/
+    wait_for_resources: float | None = None  # seconds to wait for a node that can run a trial (None: until one joins)
 
 
 def search_name(request: SearchRequest) -> str:
@@ -128,6 +129,7 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                             cpus_per_trial=cpus, gpus_per_trial=None, requested_gpus=request.gpus_per_trial,
                             data_plan=plan.describe(), concurrency=request.concurrency, address=request.address,
                             num_cpus=request.num_cpus, time_budget_s=request.time_budget,
+                            wait_for_resources_s=request.wait_for_resources,
                             resume=request.resume, verbose=request.verbose,
                             save_models=request.register is not None, output=output, tracking_uri=tracking_uri,
                             register=request.register, weights=request.weights,
