@@ -106,3 +106,25 @@ def wait_for_a_node(cpus: float, gpus: float, *, wait_s: float | None, say: Call
         time.sleep(1.0)
     if said:
         say(f"a node that can run a trial has joined: the cluster has {describe_cluster()}")
+
+
+def alive_node_ids() -> set[str]:
+    return {str(node["NodeID"]) for node in alive_nodes()}
+
+
+def where_it_ran(address: str | None, nodes_at_start: set[str], *, wait_s: float) -> str:
+    """Words for the reason of a trial whose worker died: the node it ran on (`address`, once the
+    trial has reported; None before), and whether a node of the search's start left the cluster (a
+    lost machine, its raylet killed). Ray's health checks notice a lost node after some seconds:
+    it is asked again for up to `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        lost = [node for node in ray.nodes() if str(node["NodeID"]) in nodes_at_start and not node.get("Alive")
+                and address in (None, node.get("NodeManagerAddress"))]
+        if lost:
+            name = node_name(lost[-1])
+            return f" on the Ray node {name}, which left the cluster" if address else \
+                f" as the Ray node {name} left the cluster"
+        if time.monotonic() >= deadline:
+            return f" on the Ray node {address}" if address else ""
+        time.sleep(1.0)

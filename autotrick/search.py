@@ -63,7 +63,7 @@ from autotrick.cluster import check_address, native_stderr_hidden
 from autotrick.data.size import DataSize
 from autotrick.device import trials_at_once
 from autotrick.errors import ConfigError, first_line
-from autotrick.nodes import model_sink, nodes_lacking, send_model, wait_for_a_node
+from autotrick.nodes import alive_node_ids, model_sink, nodes_lacking, send_model, wait_for_a_node, where_it_ran
 from autotrick.params import Value
 from autotrick.records import Outcome, SearchResult, TrialRecord
 from autotrick.search_options import SearchOptions
@@ -301,6 +301,7 @@ class _Progress(tune.Callback):
     def __init__(self, searcher: _TrickSearcher, on_record: Callable[[TrialRecord], None]) -> None:
         self.searcher, self.on_record = searcher, on_record
         self.started: dict[str, float] = {}  # the trials running now
+        self.nodes_at_start = alive_node_ids()  # to tell a node lost during the search
         self.most_at_once = 0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -326,6 +327,10 @@ class _Progress(tune.Callback):
         record.seconds = time.perf_counter() - started if started else 0.0
         if record.outcome is Outcome.FAILED and not record.reason:
             record.reason, record.error = _worker_error(trial)  # the worker died: Ray holds the error
+            # A lost node cuts the actor off ("unavailable"); a worker that crashed "died" on a live node.
+            where = where_it_ran(trial.node_ip, self.nodes_at_start, wait_s=20.0 if "unavailable" in record.reason
+                                 else 0.0)
+            record.reason = record.reason.replace("its worker failed", f"its worker failed{where}", 1)[:500]
         self.on_record(record)
 
 

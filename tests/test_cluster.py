@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,3 +204,66 @@ def test_a_cluster_without_a_node_for_a_trial_says_so_and_waits_for_one_or_stops
     assert waiting.returncode == 0, out + err
     assert "a node that can run a trial has joined: the cluster has 2 nodes, 1 CPUs" in err
     assert len(trial_lines(out)) == 2
+
+
+SLOW_ON_THE_WORKER = """
+import os
+import time
+from pathlib import Path
+
+import torch.nn as nn
+
+
+class Slow(nn.Module):
+    def forward(self, x):
+        time.sleep(0.05)
+        return x
+
+
+def build(num_classes, in_channels):
+    layers = [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(in_channels * 16, num_classes)]
+    if os.environ.get("AUTOTRICK_TEST_NODE") == "worker":  # set on the worker node only
+        Path({marker!r}).write_text("a trial runs on the worker node")
+        layers.append(Slow())
+    return nn.Sequential(*layers)
+"""
+
+
+def test_a_worker_node_lost_mid_search_fails_its_trial_naming_the_node_and_the_search_goes_on(
+        workdir: Path, ray_tmpdir: str) -> None:
+    """The head has a CPU too, so the search can go on without the worker node; the worker node is
+    SIGKILLed (its raylet and all) while a trial runs there. Then --resume repeats nothing."""
+    marker = Path(ray_tmpdir) / "on-worker"
+    (workdir / "slow.py").write_text(SLOW_ON_THE_WORKER.format(marker=str(marker)))
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    with ray_head(num_cpus=1) as address:
+        subprocess.run([ray_cli(), "start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                        f"--temp-dir={ray_tmpdir}", "--disable-usage-stats"], check=True, capture_output=True,
+                       timeout=180, env={**os.environ, "AUTOTRICK_TEST_NODE": "worker"})
+        search = subprocess.Popen([sys.executable, "-m", "autotrick", "search", "--address", address, "--name", "lost",
+                                   "--model", "slow.py:build", "--trials", "4", "--max-epochs", "3",
+                                   "--tracking-uri", uri], cwd=workdir, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while not marker.exists() and time.time() < deadline and search.poll() is None:
+            time.sleep(0.5)
+        assert marker.exists(), "no trial ran on the worker node"
+        stop_processes_under(ray_tmpdir, signal_first=False)
+        out, err = search.communicate(timeout=400)
+        assert search.returncode == 0, out + err
+        lines = trial_lines(out)
+        failed = [line for line in lines if " failed " in line]
+        assert len(lines) == 4 and len(failed) == 1, out
+        lost = r"its worker failed (on|as) the Ray node \S+ \([0-9a-f]{8}\),? (which )?left the cluster"
+        assert re.search(lost, failed[0]), failed[0]
+
+        resumed = subprocess.run([sys.executable, "-m", "autotrick", "search", "--name", "lost", "--resume",
+                                  "--trials", "5"], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert len(trial_lines(resumed.stdout)) == 1  # the fifth: none of the four is run again
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("lost").experiment_id])
+    assert len([r for r in runs if r.data.tags.get("autotrick.role") != "parent"]) == 5
+    assert not [r for r in runs if r.info.status == "RUNNING"]
