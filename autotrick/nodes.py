@@ -5,15 +5,22 @@ only modules that do): search.py runs the search, this module knows about nodes.
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from autotrick.data.size import DataSize
 from autotrick.errors import ConfigError
+from autotrick.params import Value
+from autotrick.shipping import files_to_ship
+from autotrick.trainer import TrainConfig
 
 
 def alive_nodes() -> list[dict[str, Any]]:
@@ -54,9 +61,37 @@ def model_sink(env_vars: dict[str, str]) -> Any:
         runtime_env={"env_vars": env_vars}).remote()
 
 
-def send_model(sink: Any, path: str, data: bytes) -> None:
-    """From a trial on any node: the model is on the driver's disk when this returns."""
-    ray.get(sink.write.remote(path, data))
+def trial_parameters(train: TrainConfig, *, save_models: bool, env_vars: dict[str, str]) -> dict[str, Any]:
+    """The trainable's parameters on a cluster, only those with something to give: the sink of the
+    trained models (`save_models`), and the driver's files that the trials open, which go once per
+    search in the object store (the trainable's parameters are put there once)."""
+    extra: dict[str, Any] = {"models": model_sink(env_vars)} if save_models else {}
+    if files := files_to_ship(train):
+        extra["files"] = files
+    return extra
+
+
+def save_model(path: Path, train: TrainConfig, size: DataSize, values: dict[str, Value], models: Any,
+                model: Any) -> None:
+    """In a trial: the trained model as an autotrick checkpoint (checkpoint.load_checkpoint rebuilds
+    it); with a sink (`models`, on a cluster), written on the driver's disk at the same path."""
+    from autotrick.checkpoint import save_checkpoint
+
+    write = partial(save_checkpoint, model=model, spec=train.model, tricks=values, num_classes=size.num_classes,
+                    input_shape=(size.in_channels, *size.image_size))
+    if models is not None:
+        return send_model(models, str(path), write)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path)
+
+
+def send_model(sink: Any, path: str, write: Callable[[Path], object]) -> None:
+    """From a trial on any node: `write` writes the model to a file here, which is on the driver's
+    disk at `path` when this returns."""
+    with tempfile.TemporaryDirectory(prefix="autotrick-model-") as folder:
+        local = Path(folder) / Path(path).name
+        write(local)
+        ray.get(sink.write.remote(path, local.read_bytes()))
 
 
 @ray.remote(num_cpus=0)
@@ -75,6 +110,18 @@ def nodes_lacking(paths: list[str], env_vars: dict[str, str], timeout_s: float =
     return [(node_name(node), path) for node, missing in zip(nodes, lacking, strict=True) for path in missing]
 
 
+def check_data_on_nodes(data: str, data_dir: str | None, env_vars: dict[str, str]) -> None:
+    """The data's folders are read where the trials run: on a cluster each node must have them."""
+    paths = [p for p in (data.removeprefix("imagefolder:") if data.startswith("imagefolder:") else None, data_dir)
+             if p]
+    lacking = nodes_lacking(paths, env_vars) if paths else []
+    if lacking:
+        node, path = lacking[0]
+        others = f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""
+        raise ConfigError(f"{path}: not on the Ray node {node}{others}, where trials run; put the data at the "
+                          "same path on every node (a copy, or a shared mount), then search again")
+
+
 def node_name(node: dict[str, Any]) -> str:
     """A node as a user finds it: its address, and its id's start (two nodes may share an address)."""
     return f"{node.get('NodeManagerAddress', '?')} ({str(node.get('NodeID', ''))[:8]})"
@@ -85,7 +132,11 @@ def _fits(node: dict[str, Any], cpus: float, gpus: float) -> bool:
     return float(resources.get("CPU", 0.0)) >= cpus and float(resources.get("GPU", 0.0)) >= gpus
 
 
-def wait_for_a_node(cpus: float, gpus: float, *, wait_s: float | None, say: Callable[[str], None]) -> None:
+def say(line: str) -> None:
+    print(f"autotrick: {line}", file=sys.stderr, flush=True)
+
+
+def wait_for_a_node(cpus: float, gpus: float, *, wait_s: float | None) -> None:
     """Ray keeps a trial that no node can hold pending, without a word: say what a trial waits for
     and what the cluster has, then wait for a node that fits (an autoscaler, or a user's
     `ray start`, may add one) or stop after `wait_s` seconds (None: wait until interrupted)."""
@@ -128,3 +179,10 @@ def where_it_ran(address: str | None, nodes_at_start: set[str], *, wait_s: float
         if time.monotonic() >= deadline:
             return f" on the Ray node {address}" if address else ""
         time.sleep(1.0)
+
+
+def with_node(reason: str, address: str | None, nodes_at_start: set[str]) -> str:
+    """A dead worker's reason with its node: a lost node cuts the actor off ("unavailable"), which
+    Ray's health checks confirm after some seconds; a worker that crashed "died" on a live node."""
+    where = where_it_ran(address, nodes_at_start, wait_s=20.0 if "unavailable" in reason else 0.0)
+    return reason.replace("its worker failed", f"its worker failed{where}", 1)[:500]

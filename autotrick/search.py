@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -59,15 +58,15 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from autotrick import nodes
 from autotrick.cluster import check_address, native_stderr_hidden
 from autotrick.data.size import DataSize
 from autotrick.device import trials_at_once
 from autotrick.errors import ConfigError, first_line
-from autotrick.nodes import alive_node_ids, model_sink, nodes_lacking, send_model, wait_for_a_node, where_it_ran
 from autotrick.params import Value
 from autotrick.records import Outcome, SearchResult, TrialRecord
 from autotrick.search_options import SearchOptions
-from autotrick.shipping import driver_modules, files_to_ship, localized
+from autotrick.shipping import cluster_runtime_env, files_to_ship, localized
 from autotrick.space import SearchSpace
 from autotrick.study import (
     BASELINE_KEY,
@@ -114,9 +113,8 @@ def warm_worker() -> None:
 def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, state_dir: str | None,
                   size: DataSize, models: Any = None, files: dict[str, bytes] | None = None) -> None:
     """The trainable: one trial in a (reused) Ray actor. Every outcome, a raised exception
-    included, is reported as a result, so the driver records it with its reason. `models`: on a
-    cluster, the sink that takes the trained model to the driver's disk (nodes.model_sink); `files`:
-    the driver's files that the trial opens (shipping.files_to_ship)."""
+    included, is reported as a result, so the driver records it with its reason. On a cluster:
+    `models` and `files`, nodes.trial_parameters."""
     from autotrick.system_metrics import SystemSampler
     from autotrick.trainer import run_trial
 
@@ -133,7 +131,7 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
             metrics[metric] = worst  # ASHA compares this number: a NaN would poison its rungs
         tune.report(metrics)
 
-    save = partial(_save_model, saved_model_path(Path(state_dir), int(config[TRIAL_KEY])), train, size, values,
+    save = partial(nodes.save_model, saved_model_path(Path(state_dir), int(config[TRIAL_KEY])), train, size, values,
                    models) if state_dir else None
     try:
         result = run_trial(values, localized(train, files or {}), report, on_trained=save)
@@ -157,28 +155,6 @@ _MEASURED = "measured."  # the prefix of a final report's measurements
 STEP_LRS = "step_lrs"    # an epoch report's [optimizer step, lr] pairs
 TRACEBACK = "traceback"   # a failed trial's traceback, for its MLflow run and -v
 _MAX_ERROR_CHARS = 20_000
-
-
-def _save_model(path: Path, train: TrainConfig, size: DataSize, values: dict[str, Value], models: Any,
-                model: Any) -> None:
-    """The trained model as an autotrick checkpoint: checkpoint.load_checkpoint rebuilds it. On a
-    cluster it is written here and sent to the driver's disk, at the same path there."""
-    import tempfile
-
-    from autotrick.checkpoint import save_checkpoint
-
-    def write(target: Path) -> None:
-        save_checkpoint(target, model, spec=train.model, tricks=values, num_classes=size.num_classes,
-                        input_shape=(size.in_channels, *size.image_size))
-
-    if models is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="autotrick-model-") as folder:
-        local = Path(folder) / path.name
-        write(local)
-        send_model(models, str(path), local.read_bytes())
 
 
 # --------------------------------------------------------------------------- in the driver
@@ -301,7 +277,7 @@ class _Progress(tune.Callback):
     def __init__(self, searcher: _TrickSearcher, on_record: Callable[[TrialRecord], None]) -> None:
         self.searcher, self.on_record = searcher, on_record
         self.started: dict[str, float] = {}  # the trials running now
-        self.nodes_at_start = alive_node_ids()  # to tell a node lost during the search
+        self.nodes_at_start = nodes.alive_node_ids()  # to tell a node lost during the search
         self.most_at_once = 0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -327,10 +303,7 @@ class _Progress(tune.Callback):
         record.seconds = time.perf_counter() - started if started else 0.0
         if record.outcome is Outcome.FAILED and not record.reason:
             record.reason, record.error = _worker_error(trial)  # the worker died: Ray holds the error
-            # A lost node cuts the actor off ("unavailable"); a worker that crashed "died" on a live node.
-            where = where_it_ran(trial.node_ip, self.nodes_at_start, wait_s=20.0 if "unavailable" in record.reason
-                                 else 0.0)
-            record.reason = record.reason.replace("its worker failed", f"its worker failed{where}", 1)[:500]
+            record.reason = nodes.with_node(record.reason, trial.node_ip, self.nodes_at_start)
         self.on_record(record)
 
 
@@ -361,13 +334,10 @@ def _start_ray(options: SearchOptions) -> bool:
         return False
     # A streamed data set is read by each trial's loader workers, never loaded whole.
     preload = "" if options.train.data_mode == "stream" else f"{options.train.data}|{options.train.data_dir or ''}"
-    runtime_env: dict[str, Any] = {"worker_process_setup_hook": "autotrick.search.warm_worker"}
-    if options.address:  # the user's code goes to the nodes, which do not share the driver's disk
-        preload = "" if files_to_ship(options.train) else preload  # a shipped file is found per trial
-        modules = driver_modules(options.train.model, options.train.data)
-        if modules:
-            runtime_env["py_modules"] = modules
-    runtime_env["env_vars"] = {_PRELOAD_ENV: preload}
+    if options.address and files_to_ship(options.train):
+        preload = ""  # a file shipped to the nodes is found by each trial
+    runtime_env = {"worker_process_setup_hook": "autotrick.search.warm_worker", "env_vars": {_PRELOAD_ENV: preload},
+                   **(cluster_runtime_env(options.train) if options.address else {})}
     if options.address:
         for key, value in _CONNECT_ENV.items():
             os.environ.setdefault(key, value)
@@ -376,8 +346,7 @@ def _start_ray(options: SearchOptions) -> bool:
     quiet = native_stderr_hidden() if options.address and not options.verbose else contextlib.nullcontext()
     try:
         with quiet:
-            # "local": a Ray of our own, whatever `ray start` left on the machine (a live cluster, or
-            # the address file of a dead one, on which address=None would hang).
+            # "local": our own Ray, whatever `ray start` left here (a dead one's address file hangs None)
             ray.init(address=options.address or "local", num_cpus=None if options.address else options.num_cpus,
                      include_dashboard=False, log_to_driver=options.verbose,
                      logging_level=logging.INFO if options.verbose else logging.ERROR,
@@ -421,11 +390,10 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
     try:
         options = _settle_gpus(options)
         _check_gpus(options)
-        # A local Ray has no node to wait for: what it lacks, it lacks now.
-        wait_for_a_node(options.cpus_per_trial, options.gpus_per_trial or 0.0,
-                        wait_s=options.wait_for_resources_s if options.address else 0.0, say=_say)
+        nodes.wait_for_a_node(options.cpus_per_trial, options.gpus_per_trial or 0.0,  # a local Ray gets no new node
+                        wait_s=options.wait_for_resources_s if options.address else 0.0)
         if options.address:
-            _check_data_on_nodes(options)
+            nodes.check_data_on_nodes(options.train.data, options.train.data_dir, {_PRELOAD_ENV: ""})
         if on_started is not None:
             on_started(options)
         options.state_dir.mkdir(parents=True, exist_ok=True)
@@ -479,25 +447,6 @@ def _settle_gpus(options: SearchOptions) -> SearchOptions:
     return options.with_gpus(1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0)
 
 
-def _say(line: str) -> None:
-    print(f"autotrick: {line}", file=sys.stderr, flush=True)
-
-
-def _check_data_on_nodes(options: SearchOptions) -> None:
-    """The data's folders are read where the trials run: on a cluster each node must have them."""
-    data = options.train.data
-    paths = [p for p in (data.removeprefix("imagefolder:") if data.startswith("imagefolder:") else None,
-                         options.train.data_dir) if p]
-    if not paths:
-        return
-    lacking = nodes_lacking(paths, {_PRELOAD_ENV: ""})
-    if lacking:
-        node, path = lacking[0]
-        others = f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""
-        raise ConfigError(f"{path}: not on the Ray node {node}{others}, where trials run; put the data at the "
-                          "same path on every node (a copy, or a shared mount), then search again")
-
-
 def _check_gpus(options: SearchOptions) -> None:
     """Ray would keep a trial that asks for a GPU the cluster lacks pending forever."""
     if options.gpus_per_trial:
@@ -521,13 +470,11 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     gpus = options.gpus_per_trial or 0.0
     train = replace(options.train, epochs=options.space.budget.max_epochs, threads=options.threads_per_trial)
     progress = _Progress(searcher, on_record)
-    # On a cluster, trained models reach the driver's disk through a sink on its node; a local
-    # Ray's trials share the driver's disk.
-    models = model_sink({_PRELOAD_ENV: ""}) if options.save_models and options.address else None
-    files = files_to_ship(options.train) if options.address else {}  # once per search, in the object store
+    cluster = nodes.trial_parameters(options.train, save_models=options.save_models, env_vars={_PRELOAD_ENV: ""}) \
+        if options.address else {}  # a local Ray's trials share the driver's disk
     trainable = tune.with_parameters(run_one_trial, train=train, metric=options.space.budget.metric,
                                      state_dir=str(options.state_dir.resolve()) if options.save_models else None,
-                                     size=options.data_size, models=models, files=files)
+                                     size=options.data_size, **cluster)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": options.cpus_per_trial, "gpu": gpus}),
         tune_config=tune.TuneConfig(

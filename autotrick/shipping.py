@@ -60,6 +60,12 @@ def _materialize(path: str, data: bytes) -> Path:
     return target
 
 
+def cluster_runtime_env(train: TrainConfig) -> dict[str, list[str]]:
+    """Ray's runtime environment for the trials' code: the driver folder's modules they import."""
+    modules = driver_modules(train.model, train.data)
+    return {"py_modules": modules} if modules else {}
+
+
 def driver_modules(*specs: str) -> list[str]:
     """The modules of the driver's working folder that `module:function` specs name (the file or
     the package folder), for Ray's py_modules; installed modules are the nodes' own business."""
