@@ -136,19 +136,21 @@ def say(line: str) -> None:
     print(f"autotrick: {line}", file=sys.stderr, flush=True)
 
 
-def wait_for_a_node(cpus: float, gpus: float, *, wait_s: float | None) -> None:
+def wait_for_a_node(cpus: float, gpus: float, *, wait_s: float | None, local: bool) -> None:
     """Ray keeps a trial that no node can hold pending, without a word: say what a trial waits for
     and what the cluster has, then wait for a node that fits (an autoscaler, or a user's
-    `ray start`, may add one) or stop after `wait_s` seconds (None: wait until interrupted)."""
+    `ray start`, may add one) or stop after `wait_s` seconds (None: wait until interrupted). A
+    `local` Ray gets no new node: it stops at once."""
+    wait_s = 0.0 if local else wait_s
     deadline = None if wait_s is None else time.monotonic() + wait_s
     need = f"{cpus:g} CPU{'s' * (cpus != 1)}" + (f" and {gpus:g} GPU{'s' * (gpus != 1)}" if gpus else "")
     said = False
     while not any(_fits(node, cpus, gpus) for node in alive_nodes()):
         if deadline is not None and time.monotonic() >= deadline:
             waited = f" after waiting {wait_s:g} s" if wait_s else ""
+            more = "give the local Ray more (--num-cpus)" if local else "add a node with `ray start --address=...`"
             raise ConfigError(f"no Ray node can run a trial{waited}: each asks {need}, and the cluster has "
-                              f"{describe_cluster()}; add a node with `ray start --address=...`, or ask less "
-                              "with --cpus-per-trial / --gpus-per-trial")
+                              f"{describe_cluster()}; {more}, or ask less with --cpus-per-trial / --gpus-per-trial")
         if not said:
             until = (f"stopping after {wait_s:g} s" if wait_s is not None else
                      "until a node joins (Ctrl-C stops; --wait-for-resources SECONDS stops by itself)")

@@ -390,8 +390,8 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
     try:
         options = _settle_gpus(options)
         _check_gpus(options)
-        nodes.wait_for_a_node(options.cpus_per_trial, options.gpus_per_trial or 0.0,  # a local Ray gets no new node
-                        wait_s=options.wait_for_resources_s if options.address else 0.0)
+        nodes.wait_for_a_node(options.cpus_per_trial, options.gpus_per_trial or 0.0,
+                              wait_s=options.wait_for_resources_s, local=not options.address)
         if options.address:
             nodes.check_data_on_nodes(options.train.data, options.train.data_dir, {_PRELOAD_ENV: ""})
         if on_started is not None:

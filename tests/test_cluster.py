@@ -267,3 +267,16 @@ def test_a_worker_node_lost_mid_search_fails_its_trial_naming_the_node_and_the_s
     runs = client.search_runs([client.get_experiment_by_name("lost").experiment_id])
     assert len([r for r in runs if r.data.tags.get("autotrick.role") != "parent"]) == 5
     assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_a_local_ray_that_cannot_run_a_trial_stops_at_once_in_one_line(workdir: Path) -> None:
+    """Ray would keep the trial pending for ever (before: the header, then nothing)."""
+    done = subprocess.run([sys.executable, "-m", "autotrick", "search", "--name", "too-big", "--num-cpus", "1",
+                           "--cpus-per-trial", "2", "--trials", "2", "--max-epochs", "1",
+                           "--tracking-uri", f"sqlite:///{workdir}/mlflow.db"],
+                          cwd=workdir, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("autotrick: error: no Ray node can run a trial: each asks 2 CPUs, and the cluster has "
+                           "1 node, 1 CPUs, 0 GPUs")
+    assert line.endswith("give the local Ray more (--num-cpus), or ask less with --cpus-per-trial / --gpus-per-trial")
