@@ -45,6 +45,15 @@ class _ModelSink:
     (through Ray's object store): the driver registers and exports them from its own disk. Ray
     Tune's own checkpoints would need a storage_path that every node shares (NFS, S3)."""
 
+    def __init__(self) -> None:
+        self.sent, self.seconds = 0, 0.0  # what sending models cost the trials, for the time: line
+
+    def took(self, seconds: float) -> None:
+        self.sent, self.seconds = self.sent + 1, self.seconds + seconds
+
+    def totals(self) -> tuple[int, float]:
+        return self.sent, self.seconds
+
     def write(self, path: str, data: bytes) -> None:
         from autotrick.atomic import write_bytes_atomically
 
@@ -91,7 +100,17 @@ def send_model(sink: Any, path: str, write: Callable[[Path], object]) -> None:
     with tempfile.TemporaryDirectory(prefix="autotrick-model-") as folder:
         local = Path(folder) / Path(path).name
         write(local)
+        started = time.perf_counter()
         ray.get(sink.write.remote(path, local.read_bytes()))
+        sink.took.remote(time.perf_counter() - started)
+
+
+def models_sent(parameters: dict[str, Any]) -> dict[str, float]:
+    """The search's `time:` line entries for the models sent to the driver's node (trial_parameters)."""
+    if "models" not in parameters:
+        return {}
+    sent, seconds = ray.get(parameters["models"].totals.remote(), timeout=60)
+    return {"models_sent": float(sent), "model_transfer_s": seconds}
 
 
 @ray.remote(num_cpus=0)

@@ -406,7 +406,7 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
         remaining = budget.trials - len(records_from_study(searcher.study))
         if remaining > 0:
             fit_started = time.perf_counter()
-            at_once = _fit(options, searcher, scheduler, remaining, on_record)
+            at_once = _fit(options, searcher, scheduler, remaining, on_record, timings)
             timings["trials_s"] = time.perf_counter() - fit_started
             timings["trials_at_once"] = at_once
         records = records_from_study(searcher.study)
@@ -456,8 +456,8 @@ def _check_gpus(options: SearchOptions) -> None:
 
 
 def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, trials: int,
-         on_record: Callable[[TrialRecord], None]) -> int:
-    """Run the trials; returns the most that ran at once."""
+         on_record: Callable[[TrialRecord], None], timings: dict[str, float]) -> int:
+    """Run the trials; returns the most that ran at once (what the cluster's models cost: `timings`)."""
     # Ray's own progress tables only with --verbose: its legacy reporter at verbose=0 prints nothing.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if options.verbose else "0"
     # A failed trial is one line of ours (its error goes to its MLflow run): Ray's tracebacks of it,
@@ -483,8 +483,7 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
             reuse_actors=True, time_budget_s=options.time_budget_s),
         run_config=tune.RunConfig(
             name=f"session-{int(time.time())}", storage_path=str((options.state_dir / "ray").resolve()),
-            verbose=2 if options.verbose else 0, log_to_file=False,
-            callbacks=[progress],
+            verbose=2 if options.verbose else 0, log_to_file=False, callbacks=[progress],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
     main_thread = threading.current_thread() is threading.main_thread()
@@ -494,6 +493,7 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     finally:
         if sigint is not None:  # Tune leaves its SIGINT handler installed after a fit nobody interrupted
             signal.signal(signal.SIGINT, sigint)
+    timings.update(nodes.models_sent(cluster))
     return progress.most_at_once
 
 

@@ -122,6 +122,7 @@ def test_a_model_file_and_weights_reach_trials_on_another_node_and_the_best_mode
     assert "joined the Ray cluster at" in done.stdout and "2 nodes, 2 CPUs" in done.stdout
     lines = trial_lines(done.stdout)
     assert len(lines) == 2 and not any(" failed " in line for line in lines), done.stdout
+    assert re.search(r"^time: .*models_sent 2\.00, model_transfer \d+\.\d\ds", done.stdout, re.M), done.stdout
     from autotrick.tracking import load_model
 
     model = load_model("models:/far-model@champion", tracking_uri=f"sqlite:///{cluster.folder}/mlflow.db")
