@@ -36,8 +36,9 @@ def describe_cluster() -> str:
         for key in ("CPU", "GPU"):
             total[key] = total.get(key, 0.0) + float(node.get("Resources", {}).get(key, 0.0))
     gib = sum(float(node.get("Resources", {}).get("memory", 0.0)) for node in nodes) / 2**30
-    return (f"{len(nodes)} node{'s' * (len(nodes) != 1)}, {total['CPU'] if nodes else 0:g} CPUs, "
-            f"{total['GPU'] if nodes else 0:g} GPUs, {gib:.0f} GiB for tasks")
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    return (f"{len(nodes)} node{'s' * (len(nodes) != 1)}, {cpus:g} CPU{'s' * (cpus != 1)}, "
+            f"{gpus:g} GPU{'s' * (gpus != 1)}, {gib:.0f} GiB for tasks")
 
 
 @ray.remote(num_cpus=0)

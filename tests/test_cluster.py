@@ -203,7 +203,7 @@ def test_a_cluster_without_a_node_for_a_trial_says_so_and_waits_for_one_or_stops
                        timeout=180)
         out, err = waiting.communicate(timeout=300)
     assert waiting.returncode == 0, out + err
-    assert "a node that can run a trial has joined: the cluster has 2 nodes, 1 CPUs" in err
+    assert "a node that can run a trial has joined: the cluster has 2 nodes, 1 CPU, 0 GPUs" in err
     assert len(trial_lines(out)) == 2
 
 
@@ -279,5 +279,5 @@ def test_a_local_ray_that_cannot_run_a_trial_stops_at_once_in_one_line(workdir: 
     assert done.returncode == 2, done.stdout + done.stderr
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("autotrick: error: no Ray node can run a trial: each asks 2 CPUs, and the cluster has "
-                           "1 node, 1 CPUs, 0 GPUs")
+                           "1 node, 1 CPU, 0 GPUs")
     assert line.endswith("give the local Ray more (--num-cpus), or ask less with --cpus-per-trial / --gpus-per-trial")
