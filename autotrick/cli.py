@@ -193,6 +193,9 @@ def spaces() -> None:
 @click.option("--concurrency", default=None, type=click.IntRange(min=1),
               help="trials at a time (default: as many as the resources hold)")
 @click.option("--address", default=None, help="an existing Ray cluster (default: start a local Ray)")
+@click.option("--wait-for-resources", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="on a cluster that no node of which can run a trial: stop after SECONDS (default: wait, with a "
+                   "notice, for a node to join)")
 @click.option("--name", default=None, help="the search's name (default: the space's name)")
 @click.option("--seed", default=None, type=int, help="default: 0")
 @click.option("--resume", is_flag=True,

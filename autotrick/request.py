@@ -23,7 +23,7 @@ Request = TypeVar("Request")
 # where it runs (the cluster's address may change between sessions) and where it reports (the
 # recipe file, the registered model's name), and how the data reaches the trials (the same numbers either way).
 RESUME_MAY_CHANGE = ("trials", "time_budget", "concurrency", "address", "num_cpus", "output", "register",
-                     "data_mode")
+                     "data_mode", "wait_for_resources")
 _NOT_STORED = ("name", "resume", "verbose")
 _SPACE_TEXT = "space_yaml"  # the space's YAML as it was: an edited or deleted file does not change the search
 FORMAT = "autotrick_request"

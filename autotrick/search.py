@@ -58,6 +58,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from autotrick import nodes
 from autotrick.cluster import check_address, native_stderr_hidden
 from autotrick.data.size import DataSize
 from autotrick.device import trials_at_once
@@ -66,6 +67,7 @@ from autotrick.params import Value
 from autotrick.patience import Patience
 from autotrick.records import Outcome, SearchResult, TrialRecord
 from autotrick.search_options import SearchOptions
+from autotrick.shipping import cluster_runtime_env, files_to_ship, localized
 from autotrick.space import SearchSpace
 from autotrick.state import JOURNAL_FILE
 from autotrick.study import (
@@ -118,10 +120,12 @@ def warm_worker() -> None:
 
 
 def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, state_dir: str | None,
-                  size: DataSize, objectives: tuple[str, ...] = ()) -> None:
+                  size: DataSize, objectives: tuple[str, ...] = (), models: Any = None,
+                  files: dict[str, bytes] | None = None) -> None:
     """The trainable: one trial in a (reused) Ray actor. Every outcome, a raised exception
     included, is reported as a result, so the driver records it with its reason. With several
-    `objectives`, the trained model is measured for them (autotrick.objectives)."""
+    `objectives`, the trained model is measured for them (autotrick.objectives). On a cluster:
+    `models` and `files`, nodes.trial_parameters."""
     from autotrick.system_metrics import SystemSampler
     from autotrick.trainer import run_trial
 
@@ -143,14 +147,14 @@ def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, st
             metrics.update({f"{_MEASURED}{key}": value for key, value in measured.items()})
         tune.report(metrics)
 
-    save = partial(_save_model, saved_model_path(Path(state_dir), int(config[TRIAL_KEY])), train, size, values) \
-        if state_dir else None
+    save = partial(nodes.save_model, saved_model_path(Path(state_dir), int(config[TRIAL_KEY])), train, size, values,
+                   models) if state_dir else None
     if objectives:
         from autotrick.objectives import measure_trained
 
         save = partial(measure_trained, measured, objectives, train, then=save)
     try:
-        result = run_trial(values, train, report, on_trained=save)
+        result = run_trial(values, localized(train, files or {}), report, on_trained=save)
     except Exception as exc:  # recorded as a failed trial; the search goes on
         tune.report({metric: worst, "outcome": Outcome.FAILED.value, "reason": first_line(exc)[:500],
                      TRACEBACK: traceback.format_exc()[-_MAX_ERROR_CHARS:]})
@@ -171,15 +175,6 @@ _MEASURED = "measured."  # the prefix of a final report's measurements
 STEP_LRS = "step_lrs"    # an epoch report's [optimizer step, lr] pairs
 TRACEBACK = "traceback"   # a failed trial's traceback, for its MLflow run and -v
 _MAX_ERROR_CHARS = 20_000
-
-
-def _save_model(path: Path, train: TrainConfig, size: DataSize, values: dict[str, Value], model: Any) -> None:
-    """The trained model as an autotrick checkpoint: checkpoint.load_checkpoint rebuilds it."""
-    from autotrick.checkpoint import save_checkpoint
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, model, spec=train.model, tricks=values, num_classes=size.num_classes,
-                    input_shape=(size.in_channels, *size.image_size))
 
 
 # --------------------------------------------------------------------------- in the driver
@@ -320,6 +315,7 @@ class _Progress(tune.Callback):
     def __init__(self, searcher: _TrickSearcher, on_record: Callable[[TrialRecord], None]) -> None:
         self.searcher, self.on_record = searcher, on_record
         self.started: dict[str, float] = {}  # the trials running now
+        self.nodes_at_start = nodes.alive_node_ids()  # to tell a node lost during the search
         self.most_at_once = 0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -345,6 +341,7 @@ class _Progress(tune.Callback):
         record.seconds = time.perf_counter() - started if started else 0.0
         if record.outcome is Outcome.FAILED and not record.reason:
             record.reason, record.error = _worker_error(trial)  # the worker died: Ray holds the error
+            record.reason = nodes.with_node(record.reason, trial.node_ip, self.nodes_at_start)
         self.on_record(record)
 
 
@@ -375,6 +372,10 @@ def _start_ray(options: SearchOptions) -> bool:
         return False
     # A streamed data set is read by each trial's loader workers, never loaded whole.
     preload = "" if options.train.data_mode == "stream" else f"{options.train.data}|{options.train.data_dir or ''}"
+    if options.address and files_to_ship(options.train):
+        preload = ""  # a file shipped to the nodes is found by each trial
+    runtime_env = {"worker_process_setup_hook": "autotrick.search.warm_worker", "env_vars": {_PRELOAD_ENV: preload},
+                   **(cluster_runtime_env(options.train) if options.address else {})}
     if options.address:
         for key, value in _CONNECT_ENV.items():
             os.environ.setdefault(key, value)
@@ -383,11 +384,11 @@ def _start_ray(options: SearchOptions) -> bool:
     quiet = native_stderr_hidden() if options.address and not options.verbose else contextlib.nullcontext()
     try:
         with quiet:
-            ray.init(address=options.address, num_cpus=None if options.address else options.num_cpus,
+            # "local": our own Ray, whatever `ray start` left here (a dead one's address file hangs None)
+            ray.init(address=options.address or "local", num_cpus=None if options.address else options.num_cpus,
                      include_dashboard=False, log_to_driver=options.verbose,
                      logging_level=logging.INFO if options.verbose else logging.ERROR,
-                     runtime_env={"worker_process_setup_hook": "autotrick.search.warm_worker",
-                                  "env_vars": {_PRELOAD_ENV: preload}})
+                     runtime_env=runtime_env)
     except ConnectionError as error:
         if not options.address:
             raise
@@ -427,6 +428,10 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
     try:
         options = _settle_gpus(options)
         _check_gpus(options)
+        nodes.wait_for_a_node(options.cpus_per_trial, options.gpus_per_trial or 0.0,
+                              wait_s=options.wait_for_resources_s, local=not options.address)
+        if options.address:
+            nodes.check_data_on_nodes(options.train.data, options.train.data_dir, {_PRELOAD_ENV: ""})
         if on_started is not None:
             on_started(options)
         options.state_dir.mkdir(parents=True, exist_ok=True)
@@ -441,7 +446,7 @@ def run_search(options: SearchOptions, on_record: Callable[[TrialRecord], None],
         patience = _patience(options, records_from_study(searcher.study))
         if remaining > 0 and not (patience and patience.stopped):
             fit_started = time.perf_counter()
-            at_once = _fit(options, searcher, scheduler, remaining, on_record, patience)
+            at_once = _fit(options, searcher, scheduler, remaining, on_record, timings, patience)
             timings["trials_s"] = time.perf_counter() - fit_started
             timings["trials_at_once"] = at_once
         records = records_from_study(searcher.study)
@@ -505,15 +510,16 @@ class _PatienceStopper(tune.Stopper):
 
 
 def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, trials: int,
-         on_record: Callable[[TrialRecord], None], patience: Patience | None = None) -> int:
-    """Run the trials; returns the most that ran at once."""
+         on_record: Callable[[TrialRecord], None], timings: dict[str, float], patience: Patience | None = None) -> int:
+    """Run the trials; returns the most that ran at once (what the cluster's models cost: `timings`)."""
     _tune_output(options.verbose)
     gpus = options.gpus_per_trial or 0.0
     train = replace(options.train, epochs=options.space.budget.max_epochs, threads=options.threads_per_trial)
     progress = _Progress(searcher, on_record if patience is None else partial(_both, patience.record, on_record))
+    cluster = _cluster_parameters(options, save_models=options.save_models)
     trainable = tune.with_parameters(run_one_trial, train=train, metric=options.space.budget.metric,
                                      state_dir=str(options.state_dir.resolve()) if options.save_models else None,
-                                     size=options.data_size, objectives=options.objectives)
+                                     size=options.data_size, objectives=options.objectives, **cluster)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": options.cpus_per_trial, "gpu": gpus}),
         tune_config=tune.TuneConfig(
@@ -530,7 +536,16 @@ def _fit(options: SearchOptions, searcher: _TrickSearcher, scheduler: _ASHA, tri
     _fit_keeping_sigint(tuner, options.state_dir)
     if (error := searcher.write_error) is not None:  # Optuna's own error names no file
         raise OSError(error.errno, error.strerror, str(options.state_dir / JOURNAL_FILE)) from error
+    timings.update(nodes.models_sent(cluster))
     return progress.most_at_once
+
+
+def _cluster_parameters(options: SearchOptions, *, save_models: bool) -> dict[str, Any]:
+    """What the trainable needs on a cluster (nodes.trial_parameters); a local Ray's trials share
+    the driver's disk."""
+    if not options.address:
+        return {}
+    return nodes.trial_parameters(options.train, save_models=save_models, env_vars={_PRELOAD_ENV: ""})
 
 
 def _patience(options: SearchOptions, earlier: list[TrialRecord]) -> Patience | None:
@@ -610,7 +625,7 @@ def run_seeded(options: SearchOptions, runs: list[SeededRun], on_record: Callabl
         configs = [{**run.values, TRIAL_KEY: index, SEED_KEY: run.seed} for index, run in enumerate(runs)]
         # Ray's grid holds the runs' indices; the trainable reads their values from the object store
         trainable = tune.with_parameters(_seeded_trial, configs=configs, train=train, metric=budget.metric,
-                                         size=options.data_size)
+                                         size=options.data_size, **_cluster_parameters(options, save_models=False))
         _tune_output(options.verbose)
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial or 0.0}),
@@ -629,8 +644,8 @@ RUN_KEY = "autotrick.run"
 
 
 def _seeded_trial(config: dict[str, Any], *, configs: list[dict[str, Any]], train: TrainConfig, metric: str,
-                  size: DataSize) -> None:
-    run_one_trial(configs[int(config[RUN_KEY])], train=train, metric=metric, state_dir=None, size=size)
+                  size: DataSize, files: dict[str, bytes] | None = None) -> None:
+    run_one_trial(configs[int(config[RUN_KEY])], train=train, metric=metric, state_dir=None, size=size, files=files)
 
 
 class _SeededProgress(tune.Callback):

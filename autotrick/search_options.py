@@ -43,6 +43,7 @@ class SearchOptions:
     address: str | None = None         # an existing Ray cluster; None starts a local one
     num_cpus: int | None = None        # for a local Ray; None: every core
     time_budget_s: float | None = None
+    wait_for_resources_s: float | None = None  # on a cluster that cannot run a trial: None waits for a node
     resume: bool = False
     verbose: bool = False
     save_models: bool = False          # keep each trial's weights so the best can be registered

@@ -199,7 +199,8 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(
         assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
             "autotrick: error: --max-epochs 9: search 'cut' was started with --max-epochs 3, and a resumed search "
             "keeps it (only --trials, --time-budget, --concurrency, --address, --num-cpus, --output, --register, "
-            "--data-mode may change); drop --max-epochs, or start a new search with another --name"]
+            "--data-mode, --wait-for-resources may change); drop --max-epochs, or start a new search with another "
+            "--name"]
         assert journal.read_bytes() == state
 
     again = {signal.SIGINT: ["--trials", "9"],  # may change: the budget raised

@@ -72,6 +72,7 @@ class SearchRequest:
     warm_start: tuple[str, ...] | None = None  # recipes (file, runs:/, models:/) or earlier searches' names
     patience: int | None = None  # stop after this many trials in a row without a gain
     min_gain: float | None = None  # the gain that counts for --patience (default: the metric's sampling noise)
+    wait_for_resources: float | None = None  # seconds to wait for a node that can run a trial (None: until one joins)
 
 
 def search_name(request: SearchRequest) -> str:
@@ -159,6 +160,7 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                             cpus_per_trial=cpus, gpus_per_trial=None, requested_gpus=request.gpus_per_trial,
                             data_plan=plan.describe(), concurrency=request.concurrency, address=request.address,
                             num_cpus=request.num_cpus, time_budget_s=request.time_budget,
+                            wait_for_resources_s=request.wait_for_resources,
                             resume=request.resume, verbose=request.verbose,
                             save_models=request.register is not None, output=output, tracking_uri=tracking_uri,
                             register=request.register, weights=request.weights, objectives=objectives,
@@ -294,6 +296,10 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
     resume_hint = f"resume with `autotrick search --name {options.name} --resume`"
 
     def on_started(settled: SearchOptions) -> None:
+        if settled.address:  # which cluster the trials run on, before any of them starts
+            from autotrick.nodes import describe_cluster
+
+            click.echo(f"joined the Ray cluster at {settled.address}: {describe_cluster()}")
         if not options.settled:
             tracker.search_settled(settled.info())
 
@@ -337,11 +343,8 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
             recipe.write(output)
         chosen = next((r for r in result.records if recipe and r.number == recipe.provenance.get("trial")), None)
         model = _best_model(options, chosen) if options.register and recipe else None
-        if options.register and recipe and model is None:
-            click.echo(f"warning: --register {options.register}: trial {chosen.number}'s weights were "  # type: ignore[union-attr]
-                       "not saved; nothing registered", err=True)
         significant = result.confirmed is None or bool(result.confirmed.get("significant"))
-        tracker.search_finished(result, recipe, model=model, register_name=options.register,
+        tracker.search_finished(result, recipe, model=model, register_name=options.register if recipe else None,
                                 example_input=_example_input(data, options) if model is not None else None,
                                 registered=chosen, alias=None if significant else UNCONFIRMED)
 
@@ -382,6 +385,9 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
     if tracker.missed:  # the journal holds every trial; the store does not
         click.echo(f"autotrick: error: MLflow store {tracker.tracking_uri} missed records ({tracker.failure}): "
                    f"once it is back, {resume_hint} writes them", err=True)
+        return 1
+    if tracker.registration_error:  # said on the parent run too
+        click.echo(f"autotrick: error: {tracker.registration_error}", err=True)
         return 1
     return 0 if result.best is not None else 1
 

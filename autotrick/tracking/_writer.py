@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from autotrick.errors import first_line
 from autotrick.records import SearchInfo, SearchResult, TrialRecord
 from autotrick.tracking._runs import SearchLog
-from autotrick.tracking._store import is_server, resolve_tracking_uri, server_silence
+from autotrick.tracking._store import TAG_REASON, is_server, resolve_tracking_uri, server_silence
 
 if TYPE_CHECKING:
     import torch
@@ -56,6 +56,7 @@ class SearchTracker:
         self.missed = False  # records the store has not got: set by a failure, cleared by a catch-up
         self._seconds = 0.0
         self._closed = False
+        self.registration_error: str | None = None  # why --register registered nothing
         self._thread = threading.Thread(target=self._write, args=(resume, dataset), name="autotrick-mlflow",
                                         daemon=True)
         self._thread.start()
@@ -93,10 +94,26 @@ class SearchTracker:
         self._jobs.put((_CATCH_UP, lambda log: log.log_results(result, recipe)))
         self._jobs.put((_END, lambda log: log.log_plots(result)))
         best = registered or result.best
-        if best is not None and register_name and model is not None:
-            self._jobs.put((_END, lambda log: log.register(best, register_name, model, example_input, result,
-                                                                  alias=alias)))
+        if best is not None and register_name:
+            self._jobs.put((_END, lambda log: self._register(log, best, register_name, model, example_input, result,
+                                                              alias)))
         self._jobs.put((_END, lambda log: log.end(result.interrupted)))
+
+    def _register(self, log: SearchLog, best: TrialRecord, name: str, model: torch.nn.Module | None,
+                  example_input: torch.Tensor | None, result: SearchResult, alias: str | None) -> None:
+        """Register the best model (under `alias`, default the champion); a failure (no model, a store
+        that refuses it) is said on the parent run and kept in `registration_error`, which makes the
+        search's exit code non-zero."""
+        if model is None:
+            why = f"trial {best.number}'s trained model did not reach the driver"
+        else:
+            try:
+                log.register(best, name, model, example_input, result, alias=alias)
+                return
+            except Exception as error:
+                why = first_line(error)
+        self.registration_error = f"--register {name}: {why}; nothing registered"
+        log.client.set_tag(log.parent_id, TAG_REASON, self.registration_error)
 
     def search_ended_early(self, status: str, reason: str) -> None:
         """The search stopped before it had results (interrupted: "KILLED"; an error: "FAILED"):
