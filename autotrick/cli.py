@@ -231,7 +231,8 @@ def search(**options: Any) -> None:
     """Search which tricks pay off: Ray Tune runs the trials, Optuna samples them, ASHA stops poor ones."""
     from autotrick.commands import SearchRequest, run_search_command
 
-    options["warm_start"] = options["warm_start"] or None  # not given: a resumed search keeps its own
+    for key in ("warm_start", "no_confirm", "ablate"):
+        options[key] = options[key] or None  # not given: a resumed search keeps its own
     sys.exit(run_search_command(SearchRequest(**options)))
 
 

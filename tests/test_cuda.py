@@ -39,6 +39,7 @@ ON: dict[str, list[dict[str, object]]] = {
     "distill": [{"distill.teacher": "TEACHER", "distill.temperature": 4.0, "distill.alpha": 0.5}],
     "finetune": [{"finetune.freeze_epochs": 1, "finetune.head_lr_mult": 4.0, "finetune.layer_decay": 0.8}],
     "reparam": [{"reparam.type": "weight_norm"}, {"reparam.type": "spectral_norm"}],
+    "quant": [{"quant.qat": 1}],
 }
 CASES = [(name, values) for name, settings in ON.items() for values in settings]
 SMALL = TrainConfig(model="resnet18", data="synthetic:cifar10:256", epochs=1, batch_size=128, device="cuda",

@@ -67,8 +67,8 @@ class SearchRequest:
     objectives: str | None = None  # several, comma-separated: the Pareto front (autotrick.objectives)
     confirm_top: int | None = None  # recipes confirmed over seeds after the search (default 3)
     confirm_seeds: int | None = None  # default 5
-    no_confirm: bool = False
-    ablate: bool = False  # ablate the confirmed winner trick by trick (autotrick.ablate)
+    no_confirm: bool | None = None
+    ablate: bool | None = None  # ablate the confirmed winner trick by trick (autotrick.ablate)
     warm_start: tuple[str, ...] | None = None  # recipes (file, runs:/, models:/) or earlier searches' names
     patience: int | None = None  # stop after this many trials in a row without a gain
     min_gain: float | None = None  # the gain that counts for --patience (default: the metric's sampling noise)
@@ -166,7 +166,7 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                             register=request.register, weights=request.weights, objectives=objectives,
                             warm_start=warm, patience=request.patience, min_gain=request.min_gain,
                             confirm=not request.no_confirm, confirm_top=request.confirm_top or 3,
-                            confirm_seeds=request.confirm_seeds or 5, ablate=request.ablate,
+                            confirm_seeds=request.confirm_seeds or 5, ablate=bool(request.ablate),
                             stored_request=stored_form(effective, space_yaml))
     return options if gpus is None else options.with_gpus(gpus)  # auto on a cluster: settled once connected
 
