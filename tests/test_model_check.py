@@ -128,7 +128,7 @@ def test_train_prints_the_notes_and_the_warning(vanishing: str, capsys: pytest.C
 
 def test_the_search_records_the_warning_as_the_trials_reason(vanishing: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from autotrick import search
+    from autotrick.search import _trial as search  # where the trainable reports to Tune
 
     reported: list[dict[str, object]] = []
     monkeypatch.setattr(search.tune, "report", reported.append)

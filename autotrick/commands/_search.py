@@ -297,7 +297,7 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
 
     def on_started(settled: SearchOptions) -> None:
         if settled.address:  # which cluster the trials run on, before any of them starts
-            from autotrick.nodes import describe_cluster
+            from autotrick.search import describe_cluster
 
             click.echo(f"joined the Ray cluster at {settled.address}: {describe_cluster()}")
         if not options.settled:
