@@ -17,7 +17,7 @@ _PROBE_TIMEOUT_S = 10
 def check_address(address: str) -> None:
     """A cluster address that nothing answers fails now, in one line: Ray itself would retry for
     many minutes. (A port that answers but is not Ray's fails in ray.init, bounded by
-    search.py's _CONNECT_ENV.) "auto" and "local" are Ray's own words, not addresses."""
+    autotrick.search._run's _CONNECT_ENV.) "auto" and "local" are Ray's own words, not addresses."""
     if address in ("auto", "local"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")

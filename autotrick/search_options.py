@@ -1,6 +1,6 @@
 """A search's configuration, resolved once: what `autotrick search` was asked (commands/_search.py's
 SearchRequest), settled by `prepare_search` into one typed object with the data's measured size
-and the trials' device. The search (search.py), MLflow (through `info()`) and the recipe read it;
+and the trials' device. The search (autotrick.search), MLflow (through `info()`) and the recipe read it;
 nothing decides the device again.
 
 The trials' device follows their GPU share, one way (`trial_device`). It is settled when the

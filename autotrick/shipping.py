@@ -5,7 +5,7 @@ distillation teacher's checkpoint) are read once by the driver and travel with t
 parameters (Ray's object store, once per search); a trial on any node writes them to a folder of
 its own and opens them there (`localized`). A `module:function` of the driver's folder goes as one
 of Ray's runtime-environment py_modules (`driver_modules`). Data sets are not copied: the same
-path must be on every node (nodes.py checks it before trials start). Imports no Ray."""
+path must be on every node (autotrick.search._nodes checks it before trials start). Imports no Ray."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ TRIALS, MAX_EPOCHS = 6, 4
 QUICK = load_space("quick")
 GRACE_EPOCHS = min(QUICK.budget.grace_epochs, MAX_EPOCHS)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# How each outcome is told to Optuna (search.py) and how its run ends in MLflow (tracking.py).
+# How each outcome is told to Optuna (autotrick.search) and how its run ends in MLflow (tracking.py).
 STATE = {Outcome.FINISHED: optuna.trial.TrialState.COMPLETE,
          Outcome.PATIENCE_STOPPED: optuna.trial.TrialState.COMPLETE,
          Outcome.ASHA_STOPPED: optuna.trial.TrialState.PRUNED, Outcome.DIVERGED: optuna.trial.TrialState.FAIL,

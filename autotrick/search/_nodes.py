@@ -1,7 +1,6 @@
 """The nodes of a Ray cluster whose nodes share nothing but the network: what the cluster has, a
 wait for a node that can run a trial, the data checked on each node, the trained models brought
-back to the driver's node, and the node of a trial whose worker was lost. Imports Ray (with
-search.py, the only modules that do): search.py runs the search, this module knows about nodes."""
+back to the driver's node, and the node of a trial whose worker was lost."""
 
 from __future__ import annotations
 

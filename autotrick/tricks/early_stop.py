@@ -1,5 +1,5 @@
 """Early stopping of a training run: stop once validation accuracy has not improved for
-`patience` epochs. (Stopping poor *trials* of a search early is ASHA's job, in search.py.)"""
+`patience` epochs. (Stopping poor *trials* of a search early is ASHA's job, in autotrick.search.)"""
 
 import math
 from dataclasses import dataclass, field
