@@ -90,7 +90,7 @@ from autotrick.warmstart import NO_WARM_START, WarmStart, enqueue_recipes, tell_
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 EPOCH_METRICS = tuple(k for k in EpochReport.__dataclass_fields__ if k != "outcome")
-_PRELOAD_ENV = "AUTOTRICK_PRELOAD"   # "data|data_dir" for the worker setup hook
+_PRELOAD_ENV = "AUTOTRICK_PRELOAD"   # "data|data_dir|skip_bad_images" for the worker setup hook
 SEED_KEY = "autotrick.seed"       # a seeded re-run's own seed (confirmation, ablation)
 
 
@@ -110,11 +110,12 @@ def warm_worker() -> None:
 
     spec = os.environ.get(_PRELOAD_ENV)
     if spec:
-        data, _, data_dir = spec.partition("|")
+        head, _, skip = spec.rpartition("|")
+        data, _, data_dir = head.partition("|")
         # A data set that cannot be read (a corrupt image): raised here, it kills the worker with a
         # traceback; the trial loads it again and its reason names the file.
         with contextlib.suppress(AutotrickError):
-            load_data(data, data_dir or None)
+            load_data(data, data_dir or None, skip_bad_images=skip == "1")
 
 
 def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, state_dir: str | None,
@@ -374,7 +375,8 @@ def _start_ray(options: SearchOptions) -> bool:
     if ray.is_initialized():
         return False
     # A streamed data set is read by each trial's loader workers, never loaded whole.
-    preload = "" if options.train.data_mode == "stream" else f"{options.train.data}|{options.train.data_dir or ''}"
+    preload = "" if options.train.data_mode == "stream" else \
+        f"{options.train.data}|{options.train.data_dir or ''}|{int(options.train.skip_bad_images)}"
     if options.address:
         for key, value in _CONNECT_ENV.items():
             os.environ.setdefault(key, value)

@@ -4,6 +4,7 @@ a real search (real Ray, real MLflow), and says how many it skipped and which.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,3 +67,49 @@ def test_train_skips_counts_and_names_them_in_one_line(tmp_path: Path, mode: str
     # 16 readable images of 3x32x32 bytes: the data set trained on is the readable one
     assert "(49.2 KB decoded" in lines[0] and f"data {'in memory' if mode == 'memory' else 'streamed'}" in lines[0]
     assert lines[-1].startswith("finished: ") and "Traceback" not in done.stderr
+
+
+def test_a_resumed_search_keeps_skip_bad_images(tmp_path: Path) -> None:
+    """What the trials train on is what the search compares: a resume may not change it."""
+    from autotrick.commands import SearchRequest
+    from autotrick.errors import ConfigError
+    from autotrick.request import resumed
+
+    stored = {"skip_bad_images": True}
+    kept, _ = resumed(SearchRequest(), stored, "pets", same={})
+    assert kept.skip_bad_images is True
+    with pytest.raises(ConfigError, match=r"--skip-bad-images False: search 'pets' was started with "
+                                          r"--skip-bad-images True, and a resumed search keeps it"):
+        resumed(SearchRequest(skip_bad_images=False), stored, "pets", same={})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_a_search_skips_counts_says_and_records_them(ray_address: str, workdir: Path, mode: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow import MlflowClient
+
+    from autotrick.commands import SearchRequest, run_search_command
+    from autotrick.tracking import TAG_ROLE
+
+    root = jpeg_folder(workdir / "pets", BAD)
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    code = run_search_command(SearchRequest(space="quick", data=f"imagefolder:{root}", trials=1, max_epochs=1,
+                                            name="skipping", tracking_uri=uri, data_mode=mode, no_confirm=True,
+                                            skip_bad_images=True))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines.count(f"skipped 2 unreadable images (--skip-bad-images): {root}/train/red/1.jpg, "
+                       f"{root}/val/blue/0.jpg") == 1
+    assert f"data {'in memory' if mode == 'memory' else 'streamed'} (49.2 KB decoded" in lines[0]  # 16 images
+    [trial] = [line for line in lines if line.startswith("trial ")]
+    assert " finished " in trial and "Error" not in out, out
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("skipping").experiment_id])
+    [parent] = [run for run in runs if run.data.tags[TAG_ROLE] == "parent"]
+    [child] = [run for run in runs if run.data.tags[TAG_ROLE] == "trial"]
+    assert parent.data.params["skipped_images"] == "2" and parent.info.status == "FINISHED"
+    assert child.info.status == "FINISHED" and 0 <= child.data.metrics["val_accuracy"] <= 1
+    stored = json.loads((workdir / ".autotrick" / "skipping" / "request.json").read_text())
+    assert stored["skip_bad_images"] is True
