@@ -1,0 +1,86 @@
+"""Every write on the driver's disk may fail, for `export` and `train` as for `search`
+(tests/test_store_faults.py): a full disk (a small tmpfs) or a read-only folder (a read-only bind
+mount), each in a private mount namespace (as root; skipped where unshare is not allowed), is one
+line naming the file and the cause, exit 1, and nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autotrick.checkpoint import save_checkpoint
+from autotrick.models import build_model
+
+FULL = "free some space, then run the command again (a search: with --resume)"
+READ_ONLY = "the file system is read-only: write elsewhere (run it in another folder), then run the command again"
+
+
+def in_namespace(mounts: str, folder: Path, args: list[str], *, after: str = "") -> tuple[int, str, str, str]:
+    """`autotrick ARGS` run in `folder` after `mounts` (shell commands), in a mount namespace of its
+    own; returns its exit code, stdout, stderr, and what `after` printed (run in the namespace)."""
+    command = (f"{mounts} && echo mounted && cd {shlex.quote(str(folder))} && "
+               f"{shlex.quote(sys.executable)} -m autotrick {shlex.join(args)} > .out 2> .err; echo $? > .rc; "
+               f"cat .out; echo '--- err'; cat .err; echo '--- rc'; cat .rc; echo '--- after'; {after or 'true'}")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if not done.stdout.startswith("mounted"):
+        pytest.skip(f"no private mounts here (unshare --mount, then mount): {done.stderr.strip()}")
+    out, rest = done.stdout.removeprefix("mounted\n").split("--- err\n", 1)
+    err, rest = rest.split("--- rc\n", 1)
+    code, after_text = rest.split("--- after\n", 1)
+    return int(code), out, err, after_text
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "cnn.pt"
+    model = build_model("cnn", num_classes=10, in_channels=1, image_size=(8, 8))
+    return save_checkpoint(path, model, spec="cnn", tricks={}, num_classes=10, input_shape=(1, 8, 8))
+
+
+def test_export_onnx_on_a_full_disk_is_one_line_and_leaves_no_half_written_model(
+        tmp_path: Path, checkpoint: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # 64 KB, 60 KB of it taken: the model (about 100 KB) does not fit
+    mounts = f"mount -t tmpfs -o size=64k tmpfs {disk} && head -c 61440 /dev/zero > {disk}/filler"
+    code, out, err, listing = in_namespace(mounts, tmp_path, ["export", "--model", str(checkpoint), "--data",
+                                                              "digits", "--onnx", "disk/model.onnx"],
+                                           after=f"ls -A {disk}")
+    assert code == 1, out + err
+    assert err.strip().splitlines() == [f"autotrick: error: OSError: [Errno 28] No space left on device: "
+                                        f"'disk/model.onnx': {FULL}"]
+    assert listing.split() == ["filler"]  # no model.onnx, no temporary file: nothing half-written
+
+
+def test_export_onnx_into_a_read_only_folder_is_one_line(tmp_path: Path, checkpoint: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    code, out, err, listing = in_namespace(f"mount --bind -o ro {folder} {folder}", tmp_path,
+                                           ["export", "--model", str(checkpoint), "--data", "digits",
+                                            "--onnx", "ro/model.onnx"], after=f"ls -A {folder}")
+    assert code == 1, out + err
+    assert err.strip().splitlines() == [f"autotrick: error: OSError: [Errno 30] Read-only file system: "
+                                        f"'ro/model.onnx': {READ_ONLY} (a search: with --resume)"]
+    assert listing.split() == []
+
+
+def test_export_int8_on_a_full_disk_keeps_no_half_written_int8_model(tmp_path: Path, checkpoint: Path) -> None:
+    """Room for the fp32 model, not for its INT8 copy and report: ONNX Runtime's quantizer fails
+    on the disk, said as the disk's failure."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounts = f"mount -t tmpfs -o size=112k tmpfs {disk}"  # the fp32 model (96 KB on disk), not the int8
+    code, out, err, listing = in_namespace(mounts, tmp_path, ["export", "--model", str(checkpoint), "--data",
+                                                              "digits", "--onnx", "disk/model.onnx", "--int8"],
+                                           after=f"ls -A {disk}")
+    assert code == 1, out + err
+    [line] = err.strip().splitlines()
+    assert line.startswith("autotrick: error: OSError: [Errno 28] No space left on device: 'disk/model.")
+    assert line.endswith(FULL) and "Traceback" not in err
+    assert not [name for name in listing.split() if name.startswith(".")]  # no temporary file left
