@@ -10,6 +10,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from concurrent.futures import thread as futures_thread
 from typing import Any
 
 import click
@@ -77,6 +78,10 @@ def run() -> None:
         code = exit_.code
     else:
         code = 0
+    # A normal exit first tells thread pools (MLflow's downloads) that no more work is coming, and
+    # their idle workers end; joining them without it waits for ever. CPython registers this hook
+    # with threading's exit hooks; it is concurrent.futures' own, run as the interpreter would.
+    getattr(futures_thread, "_python_exit", lambda: None)()
     for thread in threading.enumerate():  # what a normal exit would wait for
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()

@@ -9,25 +9,31 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from autotrick.checkpoint import save_checkpoint
 from autotrick.models import build_model
+from tests.test_deploy import trial_run  # noqa: F401  (a fixture: a run with a logged model and its recipe)
 
 FULL = "free some space, then run the command again (a search: with --resume)"
 READ_ONLY = "the file system is read-only: write elsewhere (run it in another folder), then run the command again"
 
 
-def in_namespace(mounts: str, folder: Path, args: list[str], *, after: str = "") -> tuple[int, str, str, str]:
+def in_namespace(mounts: str, folder: Path, args: list[str], *, after: str = "",
+                 env: dict[str, str] | None = None) -> tuple[int, str, str, str]:
     """`autotrick ARGS` run in `folder` after `mounts` (shell commands), in a mount namespace of its
     own; returns its exit code, stdout, stderr, and what `after` printed (run in the namespace)."""
+    said = shlex.quote(tempfile.mkdtemp(prefix="said-"))  # the command's output, off the disk it fills
     command = (f"{mounts} && echo mounted && cd {shlex.quote(str(folder))} && "
-               f"{shlex.quote(sys.executable)} -m autotrick {shlex.join(args)} > .out 2> .err; echo $? > .rc; "
-               f"cat .out; echo '--- err'; cat .err; echo '--- rc'; cat .rc; echo '--- after'; {after or 'true'}")
+               f"{shlex.quote(sys.executable)} -m autotrick {shlex.join(args)} > {said}/out 2> {said}/err; "
+               f"echo $? > {said}/rc; cat {said}/out; echo '--- err'; cat {said}/err; echo '--- rc'; cat {said}/rc; "
+               f"echo '--- after'; {after or 'true'}")
     done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     if not done.stdout.startswith("mounted"):
         pytest.skip(f"no private mounts here (unshare --mount, then mount): {done.stderr.strip()}")
     out, rest = done.stdout.removeprefix("mounted\n").split("--- err\n", 1)
@@ -84,3 +90,22 @@ def test_export_int8_on_a_full_disk_keeps_no_half_written_int8_model(tmp_path: P
     assert line.startswith("autotrick: error: OSError: [Errno 28] No space left on device: 'disk/model.")
     assert line.endswith(FULL) and "Traceback" not in err
     assert not [name for name in listing.split() if name.startswith(".")]  # no temporary file left
+
+
+def test_train_fetching_its_weights_onto_a_full_disk_is_one_line(
+        tmp_path: Path, trial_run: tuple[str, str]) -> None:  # noqa: F811  (the fixture imported above)
+    """`train --weights runs:/...` writes the run's model as a checkpoint under .autotrick/ (what
+    train writes on the driver's disk; it trains without writing anything else)."""
+    uri, run_id = trial_run
+    work = tmp_path / "work"
+    work.mkdir()
+    mounts = f"mount -t tmpfs -o size=64k tmpfs {work} && head -c 61440 /dev/zero > {work}/filler"
+    code, out, err, listing = in_namespace(mounts, work, ["train", "--weights", f"runs:/{run_id}/model", "--data",
+                                                          "digits", "--epochs", "1"],
+                                           after=f"ls -A {work}/.autotrick/.models", env={"MLFLOW_TRACKING_URI": uri})
+    assert code == 1, out + err
+    assert len(err.strip().splitlines()) == 1, err
+    line = err.strip()
+    assert line.startswith("autotrick: error: OSError: [Errno 28] No space left on device: '")
+    assert "/.autotrick/.models/" in line and line.endswith(f".pt': {FULL}")
+    assert listing.split() == []  # no half-written checkpoint, no temporary file
