@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -109,3 +110,32 @@ def test_train_fetching_its_weights_onto_a_full_disk_is_one_line(
     assert line.startswith("autotrick: error: OSError: [Errno 28] No space left on device: '")
     assert "/.autotrick/.models/" in line and line.endswith(f".pt': {FULL}")
     assert listing.split() == []  # no half-written checkpoint, no temporary file
+
+
+def test_ui_needs_no_write_a_read_only_store_and_a_full_temporary_folder_serve(tmp_path: Path) -> None:
+    """`ui` writes only its server's log in the temporary folder: on a read-only store, with that
+    folder full, it starts and answers (stopped by SIGINT, as Ctrl-C)."""
+    import mlflow
+
+    from tests.conftest import free_port
+
+    store, temp = tmp_path / "store", tmp_path / "temp"
+    store.mkdir()
+    temp.mkdir()
+    mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db").create_experiment("seen")
+    mounts = (f"mount --bind -o ro {store} {store} && mount -t tmpfs -o size=16k tmpfs {temp} && "
+              f"(head -c 16384 /dev/zero > {temp}/filler; true)")
+    command = (f"{mounts} && echo mounted && TMPDIR={temp} exec timeout -s INT 240 {shlex.quote(sys.executable)} -m "
+               f"autotrick ui --tracking-uri sqlite:///{store}/mlflow.db --port {free_port()}")
+    ui = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert ui.stdout is not None
+    if ui.stdout.readline().strip() != "mounted":
+        ui.kill()
+        pytest.skip(f"no private mounts here (unshare --mount, then mount): {ui.communicate()[1].strip()}")
+    served = ui.stdout.readline()  # printed once the server answers HTTP
+    ui.send_signal(signal.SIGINT)  # to timeout, which passes it on: Ctrl-C
+    out, err = ui.communicate(timeout=60)
+    assert served.startswith("MLflow UI at http://127.0.0.1:"), served + out + err
+    assert "Traceback" not in err
