@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +28,15 @@ def in_namespace(mounts: str, folder: Path, args: list[str], *, after: str = "",
                  env: dict[str, str] | None = None) -> tuple[int, str, str, str]:
     """`autotrick ARGS` run in `folder` after `mounts` (shell commands), in a mount namespace of its
     own; returns its exit code, stdout, stderr, and what `after` printed (run in the namespace)."""
-    said = shlex.quote(tempfile.mkdtemp(prefix="said-"))  # the command's output, off the disk it fills
+    kept = tempfile.mkdtemp(prefix="said-")  # the command's output, off the disk it fills
+    try:
+        return _run_in_namespace(mounts, folder, args, after, env, shlex.quote(kept))
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+
+
+def _run_in_namespace(mounts: str, folder: Path, args: list[str], after: str, env: dict[str, str] | None,
+                      said: str) -> tuple[int, str, str, str]:
     command = (f"{mounts} && echo mounted && cd {shlex.quote(str(folder))} && "
                f"{shlex.quote(sys.executable)} -m autotrick {shlex.join(args)} > {said}/out 2> {said}/err; "
                f"echo $? > {said}/rc; cat {said}/out; echo '--- err'; cat {said}/err; echo '--- rc'; cat {said}/rc; "
