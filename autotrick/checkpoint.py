@@ -50,11 +50,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, spec: str, tricks: Ma
                     num_classes: int, input_shape: tuple[int, int, int]) -> Path:
     """Write `model`'s weights as an autotrick checkpoint (trained with `tricks`, for images of
     `input_shape` (C, H, W) and `num_classes` classes)."""
-    path = Path(path)
+    import io
+
+    from autotrick.atomic import write_bytes_atomically
+
+    # Saved to memory, then written atomically: torch.save on a full disk raises a RuntimeError
+    # ("iostream error") that names neither the file nor the cause, and leaves the file half-written.
+    buffer = io.BytesIO()
     torch.save({CHECKPOINT_KEY: CHECKPOINT_VERSION, "model": spec, "num_classes": num_classes,
                 "input_shape": list(input_shape), "tricks": dict(tricks),
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
-    return path
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buffer)
+    return write_bytes_atomically(path, buffer.getvalue())
 
 
 def read_model_file(path: str | Path, what: str) -> ModelFile:

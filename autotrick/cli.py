@@ -10,6 +10,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from concurrent.futures import thread as futures_thread
 from typing import Any
 
 import click
@@ -77,6 +78,10 @@ def run() -> None:
         code = exit_.code
     else:
         code = 0
+    # A normal exit first tells thread pools (MLflow's downloads) that no more work is coming, and
+    # their idle workers end; joining them without it waits for ever. CPython registers this hook
+    # with threading's exit hooks; it is concurrent.futures' own, run as the interpreter would.
+    getattr(futures_thread, "_python_exit", lambda: None)()
     for thread in threading.enumerate():  # what a normal exit would wait for
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
@@ -121,6 +126,13 @@ def _data_mode_option(default: str | None) -> Any:
                              "what does not fit")
 
 
+def _skip_bad_images_option(default: bool | None) -> Any:
+    """search takes None for not given: a resumed search keeps what it started with."""
+    return click.option("--skip-bad-images/--no-skip-bad-images", default=default,
+                        help="leave out and count an image folder's files that cannot be read (corrupt, truncated, "
+                             "not an image) instead of stopping at the first; costs one extra decode of every image")
+
+
 def _train_options(f: Any) -> Any:
     for option in reversed([
         click.option("--model", default=None, help="mlp | cnn | resnet18 | a torchvision name | module:function"),
@@ -150,17 +162,18 @@ _WEIGHTS_HELP = ("start from these weights: a state dict for --model (e.g. torch
 @click.option("--set", "sets", multiple=True, metavar="TRICK.PARAM=VALUE",
               help="set a trick parameter (repeatable; applied over the recipe)")
 @click.option("--weights", default=None, help=_WEIGHTS_HELP)
+@_skip_bad_images_option(False)
 @click.option("--verbose", "-v", is_flag=True, expose_value=False, callback=_note_verbose,  # read by main()
               help="show your own model's or data code's traceback when it raises")
 def train(model: str | None, data: str | None, data_dir: str | None, seed: int, device: str, data_mode: str,
           epochs: int | None, batch_size: int | None, recipe_ref: str | None, sets: Sequence[str],
-          weights: str | None) -> None:
+          weights: str | None, skip_bad_images: bool) -> None:
     """Train once with the given tricks (all off by default) and print each epoch."""
     from autotrick.commands import run_train
 
     run_train(model=model, data=data, data_dir=data_dir, seed=seed, device=device, epochs=epochs,
               batch_size=batch_size, recipe_ref=recipe_ref, sets=parse_sets(sets), data_mode=data_mode,
-              weights=weights)
+              weights=weights, skip_bad_images=skip_bad_images)
 
 
 @cli.command()
@@ -206,6 +219,7 @@ def spaces() -> None:
 @click.option("--register", default=None, metavar="NAME", help="register the best model in MLflow as NAME")
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray (default: all)")
 @_data_mode_option(None)
+@_skip_bad_images_option(None)
 @click.option("--weights", default=None, help=_WEIGHTS_HELP)
 @click.option("--objectives", default=None, metavar="A,B,...",
               help="search several objectives: the first (val_accuracy or val_loss) and any of latency_ms, params, "

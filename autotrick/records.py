@@ -127,9 +127,11 @@ class SearchInfo:
     versions: dict[str, str] = field(default_factory=dict)
     weights: str | None = None           # what the model started from (--weights), if not from scratch
     objectives: tuple[str, ...] = ()     # several: the search's Pareto front (the first is `metric`)
+    skipped_images: int | None = None    # unreadable files --skip-bad-images left out (None: not asked)
 
     def params(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "versions"}
+        return {k: v for k, v in self.__dict__.items()
+                if k != "versions" and not (k == "skipped_images" and v is None)}
 
 
 @dataclass

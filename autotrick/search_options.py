@@ -61,6 +61,7 @@ class SearchOptions:
     confirm_seeds: int = 5             # seeds per recipe, paired across recipes
     ablate: bool = False               # then ablate the confirmed winner trick by trick (ablate.py)
     stored_request: dict[str, Any] = field(default_factory=dict)  # request.json: every option's effective value
+    skipped_images: tuple[str, ...] = ()  # the files --skip-bad-images leaves out (train.skip_bad_images)
 
     @property
     def threads_per_trial(self) -> int:
@@ -84,7 +85,8 @@ class SearchOptions:
                           max_epochs=budget.max_epochs, batch_size=self.space.batch_size, seed=self.train.seed,
                           device=self.train.device, threads=self.threads_per_trial,
                           grace_epochs=budget.grace_epochs, versions=versions(), weights=self.weights,
-                          objectives=self.objectives)
+                          objectives=self.objectives,
+                          skipped_images=len(self.skipped_images) if self.train.skip_bad_images else None)
 
 
 def versions() -> dict[str, str]:

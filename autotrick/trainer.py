@@ -52,6 +52,7 @@ class TrainConfig:
     data_mode: str = "auto"  # memory | stream | auto (by size: autotrick.data.placement)
     weights: str | None = None  # a checkpoint or state dict (absolute path) the model starts from
     teachers: tuple[tuple[str, str], ...] = ()  # distill.teacher reference -> its local checkpoint
+    skip_bad_images: bool = False  # an image folder's unreadable files are left out (data.bad_images)
 
 
 @dataclass
@@ -108,7 +109,7 @@ def run_trial(values: Mapping[str, Value], config: TrainConfig, report: Report |
     device = torch.device(config.device)
     # A stream reads with the trial's CPUs: its threads in a search, every core otherwise.
     data = open_feed(config.data, config.data_dir, device=device, mode=config.data_mode,
-                     workers=config.threads or os.cpu_count())
+                     workers=config.threads or os.cpu_count(), skip_bad_images=config.skip_bad_images)
     torch.manual_seed(config.seed)
     model = build_initial_model(config.model, weights=config.weights, num_classes=data.size.num_classes,
                                 in_channels=data.size.in_channels, image_size=data.size.image_size)

@@ -36,7 +36,8 @@ def jpeg_folder(root: Path, bad: dict[str, bytes | None]) -> Path:
 
 
 def refusal(root: Path, file: str, why: str) -> str:
-    return f"imagefolder:{root}: cannot read image {root / file} ({why}): replace or remove it"
+    return (f"imagefolder:{root}: cannot read image {root / file} ({why}): replace or remove it, "
+            "or pass --skip-bad-images")
 
 
 def test_a_truncated_jpeg_in_memory_is_named(tmp_path: Path) -> None:

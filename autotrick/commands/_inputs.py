@@ -51,12 +51,13 @@ def resolve_model_files(*, model: str | None, default_model: str, data: str, dat
     return spec, weights_file, teachers
 
 
-def check_model_and_data(model: str, data: str, data_dir: str | None) -> Any:
+def check_model_and_data(model: str, data: str, data_dir: str | None, *, skip_bad_images: bool = False) -> Any:
     """Fail early, in the driver, on a model or data set that cannot be built or found; returns
-    the data set's DataSize (told without decoding it where it may not fit in memory)."""
+    the data set's DataSize (told without decoding it where it may not fit in memory, except
+    that `skip_bad_images` scans an image folder for its unreadable files)."""
     from autotrick.data import describe_data
     from autotrick.models import build_model
 
-    size = describe_data(data, data_dir)
+    size = describe_data(data, data_dir, skip_bad_images=skip_bad_images)
     build_model(model, num_classes=size.num_classes, in_channels=size.in_channels, image_size=size.image_size)
     return size

@@ -73,6 +73,7 @@ class SearchRequest:
     patience: int | None = None  # stop after this many trials in a row without a gain
     min_gain: float | None = None  # the gain that counts for --patience (default: the metric's sampling noise)
     wait_for_resources: float | None = None  # seconds to wait for a node that can run a trial (None: until one joins)
+    skip_bad_images: bool | None = None  # leave out an image folder's unreadable files (default: refuse them)
 
 
 def search_name(request: SearchRequest) -> str:
@@ -120,7 +121,8 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     if request.min_gain is not None and not 0 <= request.min_gain < math.inf:
         raise ConfigError(f"--min-gain {request.min_gain}: must be a number >= 0")
     gpus = gpus_per_trial(request.gpus_per_trial, address=request.address)
-    size = check_model_and_data(model, data, data_dir)
+    skip_bad = bool(request.skip_bad_images)
+    size = check_model_and_data(model, data, data_dir, skip_bad_images=skip_bad)
     cpus = request.cpus_per_trial or 1.0
     if cpus <= 0:
         raise ConfigError(f"--cpus-per-trial {cpus:g}: must be > 0")
@@ -144,7 +146,8 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     plan = plan_data(size, data_mode, device=trial_device(gpus or 0.0), trials_at_once=at_once,
                      gpu_share=gpus or 1.0)
     train = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=max_epochs,
-                        batch_size=space.batch_size, seed=seed, device=UNSETTLED_DEVICE, data_mode=plan.mode)
+                        batch_size=space.batch_size, seed=seed, device=UNSETTLED_DEVICE, data_mode=plan.mode,
+                        skip_bad_images=skip_bad)
     fixed = space.domains.get("distill.teacher")
     teacher = fixed.value if isinstance(fixed, Fixed) else None  # free text is only ever fixed
     if request.weights or teacher is not None:
@@ -155,7 +158,9 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
     effective = replace(request, space=str(space_file), model=model, data=data, data_dir=data_dir,
                         trials=space.budget.trials, max_epochs=max_epochs, cpus_per_trial=cpus,
                         seed=seed, output=str(output), tracking_uri=tracking_uri,
-                        data_mode=data_mode)
+                        data_mode=data_mode, skip_bad_images=skip_bad)
+    from autotrick.data.bad_images import skipped_images
+
     options = SearchOptions(name=state_dir.name, space=space, train=train, state_dir=state_dir, data_size=size,
                             cpus_per_trial=cpus, gpus_per_trial=None, requested_gpus=request.gpus_per_trial,
                             data_plan=plan.describe(), concurrency=request.concurrency, address=request.address,
@@ -167,7 +172,8 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                             warm_start=warm, patience=request.patience, min_gain=request.min_gain,
                             confirm=not request.no_confirm, confirm_top=request.confirm_top or 3,
                             confirm_seeds=request.confirm_seeds or 5, ablate=bool(request.ablate),
-                            stored_request=stored_form(effective, space_yaml))
+                            stored_request=stored_form(effective, space_yaml),
+                            skipped_images=skipped_images(data) if skip_bad else ())
     return options if gpus is None else options.with_gpus(gpus)  # auto on a cluster: settled once connected
 
 
@@ -293,6 +299,10 @@ def _run(options: SearchOptions, signals: StopSignals) -> int:
                f"{describe_gpus(options.gpus_per_trial, options.requested_gpus)}, {options.data_plan}; "
                f"MLflow {resolve_tracking_uri(options.tracking_uri)}" + ("; resuming" if options.resume else "")
                + (f"; objectives {', '.join(options.objectives)}" if options.objectives else ""))
+    from autotrick.data.bad_images import skipped_line
+
+    if skipped := skipped_line(options.skipped_images):
+        click.echo(skipped)
     resume_hint = f"resume with `autotrick search --name {options.name} --resume`"
 
     def on_started(settled: SearchOptions) -> None:

@@ -22,9 +22,11 @@ def format_epoch(r: EpochReport) -> str:
 
 def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed: int, device: str,
               epochs: int | None, batch_size: int | None, recipe_ref: str | None,
-              sets: Mapping[str, Any], data_mode: str = "auto", weights: str | None = None) -> None:
+              sets: Mapping[str, Any], data_mode: str = "auto", weights: str | None = None,
+              skip_bad_images: bool = False) -> None:
     """Validate everything, then train once and print one line per epoch and a summary."""
-    from autotrick.data import check_data_mode, plan_data
+    from autotrick.data import absolute_data_spec, check_data_mode, plan_data
+    from autotrick.data.bad_images import skipped_images, skipped_line
     from autotrick.device import resolve_device
     from autotrick.space import resolve_values
 
@@ -44,14 +46,15 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
         model=model or settings.get("model") or "cnn", data=data or settings.get("data") or "digits",
         data_dir=data_dir, epochs=epochs or settings.get("epochs") or 15,
         batch_size=batch_size or settings.get("batch_size") or 64,
-        seed=seed if not recipe_ref or seed else settings.get("seed", seed), device=device)
+        seed=seed if not recipe_ref or seed else settings.get("seed", seed), device=device,
+        skip_bad_images=skip_bad_images)
     if device == "cpu":  # re-running a recipe's own trial: its thread count, for the same numbers
         same_trial = (config.model, config.data) == (settings.get("model"), settings.get("data"))
         config = replace(config, threads=(settings.get("threads") if same_trial else None) or os.cpu_count())
     # Fails here, before anything is printed or trained: a missing folder, a user function that
     # raises; a data set too big for memory streams.
-    plan = plan_data(check_model_and_data(config.model, config.data, config.data_dir), data_mode,
-                     device=config.device)
+    plan = plan_data(check_model_and_data(config.model, config.data, config.data_dir,
+                                          skip_bad_images=skip_bad_images), data_mode, device=config.device)
     config = replace(config, data_mode=plan.mode)
     weights = weights or settings.get("weights")
     if weights or values.get("distill.teacher"):
@@ -63,6 +66,8 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
     click.echo(f"train {config.model} on {config.data}, {config.epochs} epochs, batch {config.batch_size}, "
                f"seed {config.seed}, {config.device}, {plan.describe()}; "
                f"tricks: {tricks_text(changed) or 'none (the baseline)'}")
+    if skip_bad_images and (skipped := skipped_line(skipped_images(absolute_data_spec(config.data)))):
+        click.echo(skipped)
     started = time.perf_counter()
     result = run_trial(values, config, lambda r: click.echo(format_epoch(r)), on_prepared=_print_prepared)
     summary = (f"{result.outcome}: val_accuracy {result.val_accuracy:.4f}  val_loss {result.val_loss:.4f}  "

@@ -74,29 +74,31 @@ class MemoryFeed:
 
 
 def open_feed(spec: str, data_dir: str | None, *, device: torch.device, mode: str = "auto",
-              workers: int | None = None) -> Feed:
+              workers: int | None = None, skip_bad_images: bool = False) -> Feed:
     """The data set `spec` fed to `device`: in memory or streamed as `mode` says (auto: by size,
-    see autotrick.data.placement); a stream reads with `workers` processes (default: every core)."""
+    see autotrick.data.placement); a stream reads with `workers` processes (default: every core).
+    `skip_bad_images`: an image folder's unreadable files are left out (autotrick.data.bad_images)."""
     if mode == "memory":
-        return MemoryFeed(_on_device(spec, data_dir, device), device)
-    size = describe_data(spec, data_dir)
+        return MemoryFeed(_on_device(spec, data_dir, device, skip_bad_images), device)
+    size = describe_data(spec, data_dir, skip_bad_images=skip_bad_images)
     if plan_data(size, mode, device=str(device)).mode == "memory":
-        return MemoryFeed(_on_device(spec, data_dir, device), device)
+        return MemoryFeed(_on_device(spec, data_dir, device, skip_bad_images), device)
     from autotrick.data.stream import open_stream
 
-    return open_stream(size, data_dir, device=device, workers=workers or os.cpu_count() or 1)
+    return open_stream(size, data_dir, device=device, workers=workers or os.cpu_count() or 1,
+                       skip_bad_images=skip_bad_images)
 
 
-def _on_device(spec: str, data_dir: str | None, device: torch.device) -> ImageData:
+def _on_device(spec: str, data_dir: str | None, device: torch.device, skip_bad_images: bool) -> ImageData:
     """The data set, on the device: loaded once per process (load_data caches), moved once."""
-    data = load_data(spec, data_dir)
+    data = load_data(spec, data_dir, skip_bad_images=skip_bad_images)
     if device.type == "cpu":
         return data
-    key = (data.name, data_dir, str(device))
+    key = (data.name, data_dir, str(device), skip_bad_images)
     if key not in _DEVICE_CACHE:
         _DEVICE_CACHE[key] = replace(data, train_x=data.train_x.to(device), train_y=data.train_y.to(device),
                                      val_x=data.val_x.to(device), val_y=data.val_y.to(device))
     return _DEVICE_CACHE[key]
 
 
-_DEVICE_CACHE: dict[tuple[str, str | None, str], ImageData] = {}
+_DEVICE_CACHE: dict[tuple[str, str | None, str, bool], ImageData] = {}

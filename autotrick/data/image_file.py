@@ -23,7 +23,8 @@ def read_image_file(path: str, size: int, name: str) -> np.ndarray:
                 return np.array(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))  # writable
     except _UNREADABLE as error:
         why = " ".join(str(error).replace(f" '{path}'", "").split()) or type(error).__name__
-        raise DataError(f"{name}: cannot read image {path} ({why}): replace or remove it") from error
+        raise DataError(f"{name}: cannot read image {path} ({why}): replace or remove it, "
+                        "or pass --skip-bad-images") from error
 
 
 # What PIL raises for a file it cannot decode: not an image or truncated (OSError), a damaged

@@ -103,13 +103,15 @@ DATASETS: tuple[str, ...] = ("digits", *_ON_DISK)
 EXPECTED = f"expected one of {', '.join(DATASETS)}, synthetic:SHAPE, imagefolder:DIR, {FORMS}"
 
 
-def load_data(spec: str, data_dir: str | Path | None = None, *, image_size: int | None = None) -> ImageData:
+def load_data(spec: str, data_dir: str | Path | None = None, *, image_size: int | None = None,
+              skip_bad_images: bool = False) -> ImageData:
     """Load the data set `spec` names (see the module docstring), resized to image_size x
-    image_size when given (image folders default to 32)."""
+    image_size when given (image folders default to 32); `skip_bad_images` leaves an image
+    folder's unreadable files out (autotrick.data.bad_images) instead of failing on the first."""
     if image_size is not None and image_size < 1:
         raise ConfigError(f"image size {image_size} must be a positive number of pixels")
     root = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None
-    return _load(absolute_data_spec(spec), root, image_size)
+    return _load(absolute_data_spec(spec), root, image_size, skip_bad_images)
 
 
 def absolute_data_spec(spec: str) -> str:
@@ -120,7 +122,8 @@ def absolute_data_spec(spec: str) -> str:
     return absolute_spec(spec)
 
 
-def describe_data(spec: str, data_dir: str | Path | None = None, *, image_size: int | None = None) -> DataSize:
+def describe_data(spec: str, data_dir: str | Path | None = None, *, image_size: int | None = None,
+                  skip_bad_images: bool = False) -> DataSize:
     """The data set's shape, class count, sizes and whether it can stream. Decodes nothing for
     synthetic data, image folders (one listing) and the user's lazy datasets; the other sets are
     small and are loaded (and cached) as load_data would."""
@@ -131,7 +134,7 @@ def describe_data(spec: str, data_dir: str | Path | None = None, *, image_size: 
         size = (image_size, image_size) if image_size else (shape.height, shape.width)
         return DataSize(spec, shape.classes, shape.channels, size, shape.train, shape.val, streamable=False)
     if spec.startswith("imagefolder:") and spec != "imagefolder:":
-        listing = folder_listing(spec.removeprefix("imagefolder:"))
+        listing = image_files(spec.removeprefix("imagefolder:"), skip_bad_images)
         side = image_size or IMAGEFOLDER_SIZE
         return DataSize(spec, len(listing.classes), 3, (side, side), len(listing.train), len(listing.val),
                         streamable=True)
@@ -143,13 +146,13 @@ def describe_data(spec: str, data_dir: str | Path | None = None, *, image_size: 
             first = sample_image(train[0], spec, "train", 0, image_size)
             return DataSize(spec, classes, first.shape[0], (first.shape[1], first.shape[2]), len(train), len(val),
                             streamable=True)
-    data = load_data(spec, data_dir, image_size=image_size)
+    data = load_data(spec, data_dir, image_size=image_size, skip_bad_images=skip_bad_images)
     return DataSize(spec, data.num_classes, data.in_channels, data.image_size, len(data.train_y), len(data.val_y),
                     streamable=False)
 
 
 @functools.lru_cache(maxsize=4)
-def _load(spec: str, root: str | None, image_size: int | None) -> ImageData:
+def _load(spec: str, root: str | None, image_size: int | None, skip_bad_images: bool) -> ImageData:
     # Cached per process: search workers call load_data for every trial, and the data should be
     # read and decoded once per worker, not once per trial. Failures are not cached.
     if spec == "digits":
@@ -165,7 +168,7 @@ def _load(spec: str, root: str | None, image_size: int | None) -> ImageData:
         folder = spec.removeprefix("imagefolder:")
         if not folder:
             raise ConfigError(f"data set '{spec}': name the folder, as imagefolder:DIR")
-        return _image_folder(folder, image_size or IMAGEFOLDER_SIZE)
+        return _image_folder(folder, image_size or IMAGEFOLDER_SIZE, skip_bad_images)
     if is_callable_spec(spec):
         return _resized(_from_function(spec, root), image_size)
     raise ConfigError(f"unknown data set '{spec}'; {EXPECTED}")
@@ -266,9 +269,20 @@ def folder_listing(folder: str) -> FolderListing:
     return FolderListing(classes, train, val)
 
 
-def _image_folder(folder: str, size: int) -> ImageData:
-    name = f"imagefolder:{folder}"
+def image_files(folder: str, skip_bad_images: bool) -> FolderListing:
+    """The folder's listing, without its unreadable files when `skip_bad_images` (a scan)."""
     listing = folder_listing(folder)
+    if not skip_bad_images:
+        return listing
+    from autotrick.data.bad_images import readable_files
+
+    readable = readable_files(folder)
+    return FolderListing(listing.classes, readable.train, readable.val)
+
+
+def _image_folder(folder: str, size: int, skip_bad_images: bool) -> ImageData:
+    name = f"imagefolder:{folder}"
+    listing = image_files(folder, skip_bad_images)
 
     def read(samples: list[tuple[str, int]]) -> tuple[Tensor, Tensor]:
         images = np.empty((len(samples), size, size, 3), dtype=np.uint8)

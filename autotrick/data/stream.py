@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from autotrick.data.sources import (
     DataSize,
     channel_histograms,
-    folder_listing,
+    image_files,
     read_image_file,
     resize_uint8,
     sample_image,
@@ -46,8 +46,8 @@ class _FolderImages(Dataset[tuple[Any, int]]):
     """An image folder's train then val files: decoded uint8 (3, S, S) images, or (raw=True) the
     files' bytes for the GPU to decode."""
 
-    def __init__(self, folder: str, side: int, *, raw: bool) -> None:
-        listing = folder_listing(folder)
+    def __init__(self, folder: str, side: int, *, raw: bool, skip_bad_images: bool) -> None:
+        listing = image_files(folder, skip_bad_images)
         self.samples = listing.train + listing.val
         self.name, self.side, self.raw = f"imagefolder:{folder}", side, raw
 
@@ -158,16 +158,18 @@ def _worker_message(error: DataError) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def open_stream(size: DataSize, data_dir: str | None, *, device: torch.device, workers: int) -> StreamFeed:
+def open_stream(size: DataSize, data_dir: str | None, *, device: torch.device, workers: int,
+                skip_bad_images: bool = False) -> StreamFeed:
     """A StreamFeed for an image folder or a user's lazy dataset (`size` from describe_data).
     Kept for the process's later trials, as data held in memory is: its loader's workers are
     persistent, and starting them again would cost every trial (0.3 to 1 s on a small folder)."""
     if size.name.startswith("imagefolder:"):
         folder = size.name.removeprefix("imagefolder:")
-        listing = folder_listing(folder)
+        listing = image_files(folder, skip_bad_images)
         jpeg_only = all(Path(path).suffix.lower() in JPEG_SUFFIXES for path, _ in listing.train + listing.val)
         gpu_decode = device.type == "cuda" and jpeg_only and gpu_jpeg_decoding(device)
-        dataset: Dataset[Any] = _FolderImages(folder, size.image_size[0], raw=gpu_decode)
+        dataset: Dataset[Any] = _FolderImages(folder, size.image_size[0], raw=gpu_decode,
+                                              skip_bad_images=skip_bad_images)
         return StreamFeed(size, dataset, device=device, workers=workers, gpu_decode=gpu_decode)
     return StreamFeed(size, _UserImages(size.name, data_dir), device=device, workers=workers, gpu_decode=False)
 

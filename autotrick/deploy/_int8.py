@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autotrick.atomic import file_written_atomically
 from autotrick.deploy._onnx import INPUT
 
 CALIBRATION_IMAGES = 512
@@ -101,8 +102,9 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Ite
         # quantizer needs to place the QDQ pairs where they fuse.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
-        quantize_static(str(prepared), str(int8_path), _Batches(), quant_format=QuantFormat.QDQ,
-                        activation_type=types[settings.activations], weight_type=types[settings.weights],
-                        per_channel=True, reduce_range=settings.reduce_range,
-                        calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD))
+        with file_written_atomically(int8_path) as temporary:  # a full disk leaves no half-written model
+            quantize_static(str(prepared), str(temporary), _Batches(), quant_format=QuantFormat.QDQ,
+                            activation_type=types[settings.activations], weight_type=types[settings.weights],
+                            per_channel=True, reduce_range=settings.reduce_range,
+                            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD))
     return Path(int8_path)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from autotrick.atomic import file_written_atomically, write_failure
 from autotrick.errors import AutotrickError, first_line
 
 if TYPE_CHECKING:
@@ -39,12 +40,16 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | Path) -> Path:
     batch = torch.export.Dim("batch", min=1)
     # The exporter prints its progress and torch.export warns about what it assumed: neither
     # tells a user anything when the export works, and the error says it when it does not.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    # Written beside `path` and renamed: a full disk leaves no half-written model.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            file_written_atomically(path) as temporary:
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, (example.cpu(),), str(path), input_names=[INPUT], output_names=[OUTPUT],
+            torch.onnx.export(model, (example.cpu(),), str(temporary), input_names=[INPUT], output_names=[OUTPUT],
                               dynamo=True, dynamic_shapes=({0: batch},), external_data=False, optimize=True)
         except Exception as error:
+            if (failed := write_failure(error)) is not None:  # the disk, not the model: the CLI's one line
+                raise failed from None
             raise ExportError(f"the model cannot be exported to ONNX ({first_line(error)})") from None
     return path
 

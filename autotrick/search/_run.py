@@ -49,7 +49,8 @@ def start_ray(options: SearchOptions) -> bool:
     if ray.is_initialized():
         return False
     # A streamed data set is read by each trial's loader workers, never loaded whole.
-    preload = "" if options.train.data_mode == "stream" else f"{options.train.data}|{options.train.data_dir or ''}"
+    preload = "" if options.train.data_mode == "stream" else \
+        f"{options.train.data}|{options.train.data_dir or ''}|{int(options.train.skip_bad_images)}"
     if options.address and files_to_ship(options.train):
         preload = ""  # a file shipped to the nodes is found by each trial
     runtime_env = {"worker_process_setup_hook": "autotrick.search.warm_worker", "env_vars": {PRELOAD_ENV: preload},

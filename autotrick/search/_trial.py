@@ -27,7 +27,7 @@ from autotrick.study import (
 from autotrick.trainer import EpochReport, TrainConfig
 
 EPOCH_METRICS = tuple(k for k in EpochReport.__dataclass_fields__ if k != "outcome")
-PRELOAD_ENV = "AUTOTRICK_PRELOAD"   # "data|data_dir" for the worker setup hook
+PRELOAD_ENV = "AUTOTRICK_PRELOAD"   # "data|data_dir|skip_bad_images" for the worker setup hook
 SEED_KEY = "autotrick.seed"       # a seeded re-run's own seed (confirmation, ablation)
 
 
@@ -46,11 +46,12 @@ def warm_worker() -> None:
 
     spec = os.environ.get(PRELOAD_ENV)
     if spec:
-        data, _, data_dir = spec.partition("|")
+        head, _, skip = spec.rpartition("|")
+        data, _, data_dir = head.partition("|")
         # A data set that cannot be read (a corrupt image): raised here, it kills the worker with a
         # traceback; the trial loads it again and its reason names the file.
         with contextlib.suppress(AutotrickError):
-            load_data(data, data_dir or None)
+            load_data(data, data_dir or None, skip_bad_images=skip == "1")
 
 
 def run_one_trial(config: dict[str, Any], *, train: TrainConfig, metric: str, state_dir: str | None,
