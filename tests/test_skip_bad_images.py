@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from autotrick.data import load_data, open_feed
-from autotrick.data.bad_images import skipped_images, skipped_line
+from autotrick.data.bad_images import skipped_line
+from autotrick.data.image_folder import skipped_images
 from autotrick.errors import DataError
 from tests.test_bad_data import jpeg_folder
 

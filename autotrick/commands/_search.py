@@ -159,7 +159,7 @@ def prepare_search(request: SearchRequest, state_dir: Path, space_yaml: str | No
                         trials=space.budget.trials, max_epochs=max_epochs, cpus_per_trial=cpus,
                         seed=seed, output=str(output), tracking_uri=tracking_uri,
                         data_mode=data_mode, skip_bad_images=skip_bad)
-    from autotrick.data.bad_images import skipped_images
+    from autotrick.data.image_folder import skipped_images
 
     options = SearchOptions(name=state_dir.name, space=space, train=train, state_dir=state_dir, data_size=size,
                             cpus_per_trial=cpus, gpus_per_trial=None, requested_gpus=request.gpus_per_trial,

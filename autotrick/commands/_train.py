@@ -26,7 +26,8 @@ def run_train(*, model: str | None, data: str | None, data_dir: str | None, seed
               skip_bad_images: bool = False) -> None:
     """Validate everything, then train once and print one line per epoch and a summary."""
     from autotrick.data import absolute_data_spec, check_data_mode, plan_data
-    from autotrick.data.bad_images import skipped_images, skipped_line
+    from autotrick.data.bad_images import skipped_line
+    from autotrick.data.image_folder import skipped_images
     from autotrick.device import resolve_device
     from autotrick.space import resolve_values
 

@@ -30,13 +30,13 @@ class Readable:
 
 
 @functools.lru_cache(maxsize=4)
-def readable_files(folder: str) -> Readable:
-    """The files of `folder` (an image folder) that decode: scanned once per process."""
-    from autotrick.data.sources import folder_listing
+def readable_files(folder: str, train_files: tuple[tuple[str, int], ...],
+                   val_files: tuple[tuple[str, int], ...]) -> Readable:
+    """The files of `folder` (an image folder; its listing, per split, as (path, class index)) that
+    decode: scanned once per process."""
+    name, skipped = f"imagefolder:{folder}", []
 
-    listing, name, skipped = folder_listing(folder), f"imagefolder:{folder}", []
-
-    def keep(samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    def keep(samples: tuple[tuple[str, int], ...]) -> list[tuple[str, int]]:
         kept = []
         for path, label in samples:
             try:
@@ -46,20 +46,12 @@ def readable_files(folder: str) -> Readable:
                 skipped.append(path)
         return kept
 
-    train, val = keep(listing.train), keep(listing.val)
+    train, val = keep(train_files), keep(val_files)
     if not train or not val:
         split = "train" if not train else "val"
         raise DataError(f"{name}: no readable images in {folder}/{split} (--skip-bad-images skipped all "
                         f"{len(skipped)} unreadable files); replace them")
     return Readable(train, val, tuple(skipped))
-
-
-def skipped_images(spec: str) -> tuple[str, ...]:
-    """The files --skip-bad-images leaves out of the data set `spec` (an absolute spec, as
-    absolute_data_spec gives): none for anything but an image folder, which has no files to skip."""
-    if not spec.startswith("imagefolder:") or spec == "imagefolder:":
-        return ()
-    return readable_files(spec.removeprefix("imagefolder:")).skipped
 
 
 def skipped_line(skipped: tuple[str, ...]) -> str:

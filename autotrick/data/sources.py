@@ -32,6 +32,7 @@ from torch import Tensor
 
 from autotrick.data import synthetic
 from autotrick.data.image_file import read_image_file
+from autotrick.data.image_folder import check_classes, image_files
 from autotrick.data.size import DataSize
 from autotrick.entrypoints import (
     FORMS,
@@ -234,52 +235,6 @@ def _as_nchw(data: Any) -> Tensor:
     return x.contiguous()
 
 
-@dataclass(frozen=True)
-class FolderListing:
-    """An image folder's files and class indices, listed once per process."""
-
-    classes: list[str]
-    train: list[tuple[str, int]]  # (path, class index)
-    val: list[tuple[str, int]]
-
-
-@functools.lru_cache(maxsize=4)
-def folder_listing(folder: str) -> FolderListing:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-    name = f"imagefolder:{folder}"
-    layout = f"put images in {folder}/train/<class>/ and {folder}/val/<class>/ (png, jpg, ...)"
-    for split in ("train", "val"):
-        if not (Path(folder) / split).is_dir():
-            raise DataError(f"{name}: no folder {Path(folder) / split}; {layout}")
-    try:
-        classes, class_to_idx = find_classes(f"{folder}/train")
-        train = make_dataset(f"{folder}/train", class_to_idx, IMG_EXTENSIONS)
-        # The validation split uses the training split's class indices; a class it lacks is fine.
-        val = make_dataset(f"{folder}/val", class_to_idx, IMG_EXTENSIONS, allow_empty=True)
-    except FileNotFoundError as error:
-        raise DataError(f"{name}: {' '.join(str(error).split())}; {layout}") from error
-    unknown = sorted({p.name for p in Path(folder, "val").iterdir() if p.is_dir()} - set(classes))
-    if unknown:
-        raise DataError(f"{name}: val classes {', '.join(unknown)} have no folder in {folder}/train; "
-                        "every val class needs training images")
-    if not val:
-        raise DataError(f"{name}: no images in {folder}/val/<class>/; {layout}")
-    check_classes(name, len({label for _, label in train}))
-    return FolderListing(classes, train, val)
-
-
-def image_files(folder: str, skip_bad_images: bool) -> FolderListing:
-    """The folder's listing, without its unreadable files when `skip_bad_images` (a scan)."""
-    listing = folder_listing(folder)
-    if not skip_bad_images:
-        return listing
-    from autotrick.data.bad_images import readable_files
-
-    readable = readable_files(folder)
-    return FolderListing(listing.classes, readable.train, readable.val)
-
-
 def _image_folder(folder: str, size: int, skip_bad_images: bool) -> ImageData:
     name = f"imagefolder:{folder}"
     listing = image_files(folder, skip_bad_images)
@@ -427,13 +382,6 @@ def _to_uint8(x: Tensor, bad: Any) -> Tensor:
 
 
 # --- shared ----------------------------------------------------------------------------------
-
-
-def check_classes(name: str, classes: int) -> None:
-    """Training images all of one class leave nothing to learn (and score accuracy 1.0)."""
-    if classes < 2:
-        raise DataError(f"data set '{name}': its training images are all of one class; a classifier needs "
-                        "at least two")
 
 
 def _image_data(name: str, train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, *,

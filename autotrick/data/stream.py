@@ -26,10 +26,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from autotrick.data.image_folder import image_files
 from autotrick.data.sources import (
     DataSize,
     channel_histograms,
-    image_files,
     read_image_file,
     resize_uint8,
     sample_image,
