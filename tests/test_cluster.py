@@ -123,9 +123,13 @@ def test_a_model_file_and_weights_reach_trials_on_another_node_and_the_best_mode
     lines = trial_lines(done.stdout)
     assert len(lines) == 2 and not any(" failed " in line for line in lines), done.stdout
     assert re.search(r"^time: .*models_sent 2\.00, model_transfer \d+\.\d\ds", done.stdout, re.M), done.stdout
+    # the confirmation's seeded runs trained on the worker node from the same shipped files
+    confirm = [line for line in done.stdout.splitlines() if line.startswith("confirm ")]
+    assert confirm and not any(" failed" in line for line in confirm), done.stdout
     from autotrick.tracking import load_model
 
-    model = load_model("models:/far-model@champion", tracking_uri=f"sqlite:///{cluster.folder}/mlflow.db")
+    # its one version, under champion or unconfirmed as the confirmation decided
+    model = load_model("models:/far-model/1", tracking_uri=f"sqlite:///{cluster.folder}/mlflow.db")
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
