@@ -419,12 +419,16 @@ def _summary(result: SearchResult, output: Path | None, parent_run_id: str | Non
     gain = ""
     if baseline is not None and baseline.metric is not None:
         gain = f" vs baseline {baseline.metric:.4f} ({best.metric - baseline.metric:+.4f})"
-    lines.append(f"best {metric} {best.metric:.4f} (trial {best.number}){gain}")
+    # Confirmed, the single best run is one seed among others: the verdict below names the winner.
+    lines.append(f"best {metric} {best.metric:.4f} (trial {best.number}{', one seed' if result.confirmed else ''})"
+                 f"{gain}")
     lines.append(f"best tricks: {tricks_text(_changed(best.values)) or 'none: the baseline won'}")
     if best.measurements:
         lines.append("best measured: " + measurements_text(best.measurements))
     if output is not None:
-        lines.append(f"recipe written to {output}; re-run it with `autotrick train --recipe {output}`")
+        winner = (result.confirmed or {}).get("winner_trial", best.number)
+        which = f" (the confirmed winner's: {_trial_name(winner)})" if result.confirmed else ""
+        lines.append(f"recipe written to {output}{which}; re-run it with `autotrick train --recipe {output}`")
     if parent_run_id:
         from autotrick.tracking import resolve_tracking_uri
 
@@ -432,6 +436,10 @@ def _summary(result: SearchResult, output: Path | None, parent_run_id: str | Non
         flag = f" --tracking-uri {tracking_uri}" if tracking_uri and tracking_uri != resolve_tracking_uri() else ""
         lines.append(f"MLflow run {parent_run_id} (see it with `autotrick ui{flag}`)")
     return "\n".join(lines)
+
+
+def _trial_name(number: int | None) -> str:
+    return "the baseline" if number is None else f"trial {number}"
 
 
 def _example_input(data: Any, options: SearchOptions) -> Any:
