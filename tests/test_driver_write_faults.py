@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from test_deploy import trial_run  # noqa: F401  (a fixture: a run with a logged model and its recipe)
 
 from autotrick.checkpoint import save_checkpoint
 from autotrick.models import build_model
-from tests.test_deploy import trial_run  # noqa: F401  (a fixture: a run with a logged model and its recipe)
 
 FULL = "free some space, then run the command again (a search: with --resume)"
 READ_ONLY = "the file system is read-only: write elsewhere (run it in another folder), then run the command again"
@@ -125,8 +125,7 @@ def test_ui_needs_no_write_a_read_only_store_and_a_full_temporary_folder_serve(t
     """`ui` writes only its server's log in the temporary folder: on a read-only store, with that
     folder full, it starts and answers (stopped by SIGINT, as Ctrl-C)."""
     import mlflow
-
-    from tests.conftest import free_port
+    from conftest import free_port
 
     store, temp = tmp_path / "store", tmp_path / "temp"
     store.mkdir()

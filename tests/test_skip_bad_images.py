@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_bad_data import jpeg_folder
 
 from autotrick.data import load_data, open_feed
 from autotrick.data.bad_images import skipped_line
 from autotrick.data.image_folder import skipped_images
 from autotrick.errors import DataError
-from tests.test_bad_data import jpeg_folder
 
 BAD = {"train/red/1.jpg": None, "val/blue/0.jpg": b"<html>not an image</html>"}  # None: truncated
 
